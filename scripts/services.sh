@@ -1,0 +1,434 @@
+#!/usr/bin/env bash
+# Install and start the real services the test suite talks to.
+#
+#   scripts/services.sh [up]   install what is missing, start what is stopped,
+#                              wait until each answers, write .services/env
+#   scripts/services.sh down   stop SecantusDB and RabbitMQ
+#   scripts/services.sh env    print .services/env (source it in your shell)
+#
+# Services:
+#   RabbitMQ    Debian's rabbitmq-server (3.10), 127.0.0.1:5672, guest/guest
+#   SecantusDB  MongoDB-compatible server from PyPI, in .services/venv,
+#               127.0.0.1:$SERVICES_MONGO_PORT (default 27017)
+#   Camunda     not yet: see the placeholder section below
+#
+# Everything this script creates lives under $REPO/.services/ (git-ignored),
+# except RabbitMQ's own state, which the Debian package keeps in
+# /var/lib/rabbitmq and /var/log/rabbitmq.
+#
+# Idempotent: a second `up` with everything running installs nothing and
+# takes a few seconds. Must run as root (apt-get, and the Debian rabbitmq
+# wrappers switch to the rabbitmq user themselves).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SERVICES_DIR="$REPO/.services"
+ENV_FILE="$SERVICES_DIR/env"
+
+# rabbitmq-server, rabbitmqctl, ... are in /usr/sbin, which a non-login
+# shell (CI) may not have on its PATH.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
+# --- SecantusDB settings ----------------------------------------------------
+MONGO_HOST=127.0.0.1
+MONGO_PORT="${SERVICES_MONGO_PORT:-27017}"
+# Pinned so every machine runs the same server. It is a pre-release; an exact
+# `==` pin lets pip pick it without --pre.
+SECANTUS_VERSION=0.7.0b3
+VENV="$SERVICES_DIR/venv"
+SECANTUS_PID_FILE="$SERVICES_DIR/secantus.pid"
+SECANTUS_PORT_FILE="$SERVICES_DIR/secantus.port"
+SECANTUS_LOG="$SERVICES_DIR/secantus.log"
+SECANTUS_DATA="$SERVICES_DIR/mongo-data"
+SECANTUS_CONFIG="$SERVICES_DIR/secantusd.toml"
+SECANTUS_START_TIMEOUT=60
+
+# --- RabbitMQ settings ------------------------------------------------------
+RABBIT_HOST=127.0.0.1
+RABBIT_PORT=5672
+RABBIT_START_TIMEOUT=120
+RABBIT_ENV_CONF=/etc/rabbitmq/rabbitmq-env.conf
+
+log() { printf '[services] %s\n' "$*" >&2; }
+die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# Run a command quietly; show its output only if it fails.
+quiet() {
+    local out
+    if ! out="$("$@" 2>&1)"; then
+        printf '%s\n' "$out" >&2
+        return 1
+    fi
+}
+
+# Close every fd above 2 in the current (sub)shell. Used right before
+# exec'ing a long-lived server, so it keeps neither our lock (fd 9) nor any
+# pipe the caller (a terminal multiplexer, a CI runner) handed down: a
+# daemon holding the write end of a CI runner's pipe can stall the runner.
+close_inherited_fds() {
+    local fd
+    for fd in /proc/self/fd/*; do
+        fd="${fd##*/}"
+        if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
+    done
+}
+
+# True if something accepts TCP connections on host:port.
+port_open() {
+    timeout 2 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null
+}
+
+APT_UPDATED=0
+apt_install() {
+    if [ "$APT_UPDATED" = 0 ]; then
+        log "apt-get update"
+        quiet apt-get update
+        APT_UPDATED=1
+    fi
+    log "apt-get install $*"
+    quiet env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"
+}
+
+require_root() {
+    [ "$(id -u)" = 0 ] || die "run as root (needs apt-get and the rabbitmq user)"
+}
+
+# ============================================================================
+# RabbitMQ
+# ============================================================================
+
+# The Debian wrappers in /usr/sbin, run as root, `su` to the rabbitmq user,
+# so HOME becomes /var/lib/rabbitmq and the server and the CLI share the
+# Erlang cookie in /var/lib/rabbitmq/.erlang.cookie. Never call the tools in
+# /usr/lib/rabbitmq/bin directly as root: they would read /root/.erlang.cookie
+# and fail to authenticate.
+rabbit_ctl() { timeout 60 rabbitmqctl "$@"; }
+rabbit_ping() { timeout 30 rabbitmq-diagnostics -q ping >/dev/null 2>&1; }
+rabbit_app_running() { timeout 30 rabbitmq-diagnostics -q check_running >/dev/null 2>&1; }
+
+rabbit_install() {
+    # Ask dpkg rather than look for the binary: an install that failed half
+    # way leaves the binary but not the status "install ok installed".
+    if [ "$(dpkg-query -W -f='${Status}' rabbitmq-server 2>/dev/null)" = "install ok installed" ]; then
+        return 0
+    fi
+    # Without systemd the package's postinst tries to start the server via
+    # invoke-rc.d and can fail the whole install. A policy-rc.d that exits
+    # 101 tells invoke-rc.d not to start anything; we start it ourselves
+    # below. Only add one if the machine doesn't already have one.
+    local policy=/usr/sbin/policy-rc.d added_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        added_policy=1
+    fi
+    local rc=0
+    apt_install rabbitmq-server || rc=$?
+    if [ "$added_policy" = 1 ]; then
+        rm -f "$policy"
+    fi
+    [ "$rc" = 0 ] || die "installing rabbitmq-server failed"
+}
+
+# Erlang short node names are name@<short hostname>, and the CLI finds the
+# node through epmd on that host. In containers the hostname often doesn't
+# resolve, which breaks every rabbitmqctl call. Then pin the node name to
+# rabbit@localhost in rabbitmq-env.conf, which the server and the CLI tools
+# both read, so a plain `rabbitmqctl` typed by hand works too.
+rabbit_fix_nodename() {
+    local short
+    short="$(hostname -s 2>/dev/null || hostname)"
+    if getent hosts "$short" >/dev/null 2>&1; then
+        return 0
+    fi
+    if grep -qE '^[[:space:]]*NODENAME=' "$RABBIT_ENV_CONF" 2>/dev/null; then
+        return 0 # someone already chose a node name; respect it
+    fi
+    log "hostname '$short' does not resolve; using node name rabbit@localhost"
+    mkdir -p "$(dirname "$RABBIT_ENV_CONF")"
+    printf '\n# Added by scripts/services.sh: the hostname does not resolve.\nNODENAME=rabbit@localhost\n' \
+        >>"$RABBIT_ENV_CONF"
+}
+
+rabbit_up() {
+    rabbit_install
+    rabbit_fix_nodename
+
+    if ! rabbit_ping; then
+        log "starting RabbitMQ"
+        # RABBITMQ_NODE_IP_ADDRESS: listen for AMQP on loopback only (the
+        # guest user may only log in from loopback anyway). The wrapper's
+        # `su` keeps the environment.
+        (
+            close_inherited_fds
+            export RABBITMQ_NODE_IP_ADDRESS="$RABBIT_HOST" RABBITMQ_NODE_PORT="$RABBIT_PORT"
+            exec rabbitmq-server -detached
+        ) </dev/null >>"$SERVICES_DIR/rabbitmq-start.log" 2>&1 ||
+            die "rabbitmq-server -detached failed (see $SERVICES_DIR/rabbitmq-start.log and /var/log/rabbitmq/)"
+        # `await_startup` fails at once while the node isn't registered with
+        # epmd yet, so first poll until the node answers at all.
+        local deadline=$((SECONDS + RABBIT_START_TIMEOUT))
+        until rabbit_ping; do
+            [ "$SECONDS" -lt "$deadline" ] ||
+                die "RabbitMQ node did not come up in ${RABBIT_START_TIMEOUT}s (see /var/log/rabbitmq/)"
+            sleep 1
+        done
+        quiet rabbit_ctl await_startup --timeout "$RABBIT_START_TIMEOUT" ||
+            die "RabbitMQ did not finish booting (see /var/log/rabbitmq/)"
+    elif ! rabbit_app_running; then
+        # The Erlang node is up but the rabbit app isn't: it is either still
+        # booting (someone else just started it), or was stopped with
+        # `rabbitmqctl stop_app`. (`rabbitmq-diagnostics is_booting` can't
+        # tell: it exits 0 either way, hence the eval.)
+        if [ "$(rabbit_ctl eval -q 'rabbit:is_booting().' 2>/dev/null)" = true ]; then
+            log "RabbitMQ is booting; waiting"
+            quiet rabbit_ctl await_startup --timeout "$RABBIT_START_TIMEOUT" ||
+                die "RabbitMQ did not finish booting (see /var/log/rabbitmq/)"
+        else
+            # (Very early in a boot is_booting is still false; start_app then
+            # may complain, and waiting for the boot is the right answer.)
+            log "RabbitMQ node is up but the app is stopped: start_app"
+            quiet rabbit_ctl start_app ||
+                quiet rabbit_ctl await_startup --timeout "$RABBIT_START_TIMEOUT" ||
+                die "rabbitmqctl start_app failed"
+        fi
+    fi
+
+    rabbit_app_running || die "RabbitMQ is not running after start"
+    port_open "$RABBIT_HOST" "$RABBIT_PORT" ||
+        die "RabbitMQ runs but nothing listens on $RABBIT_HOST:$RABBIT_PORT"
+    log "RabbitMQ ready on $RABBIT_HOST:$RABBIT_PORT"
+}
+
+rabbit_down() {
+    if ! command -v rabbitmqctl >/dev/null 2>&1; then
+        return 0
+    fi
+    if rabbit_ping; then
+        log "stopping RabbitMQ"
+        quiet rabbit_ctl stop || die "rabbitmqctl stop failed"
+    else
+        log "RabbitMQ is not running"
+    fi
+}
+
+# ============================================================================
+# SecantusDB (MongoDB wire protocol)
+# ============================================================================
+
+mongo_ping() {
+    [ -x "$VENV/bin/python" ] || return 1
+    "$VENV/bin/python" - "$MONGO_HOST" "$MONGO_PORT" >/dev/null 2>&1 <<'EOF'
+import sys
+import pymongo
+
+host, port = sys.argv[1], int(sys.argv[2])
+client = pymongo.MongoClient(host, port, serverSelectionTimeoutMS=1000,
+                             connectTimeoutMS=1000)
+client.admin.command("ping")
+EOF
+}
+
+secantus_installed() {
+    [ -x "$VENV/bin/secantusd-py" ] || return 1
+    local have
+    have="$("$VENV/bin/python" -c \
+        'import importlib.metadata as m, pymongo; print(m.version("SecantusDB"))' 2>/dev/null)" ||
+        return 1
+    [ "$have" = "$SECANTUS_VERSION" ]
+}
+
+secantus_install() {
+    if secantus_installed; then
+        return 0
+    fi
+    # Debian's own python3 needs python3-venv for `python3 -m venv`.
+    if ! command -v python3 >/dev/null 2>&1 ||
+        ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        apt_install python3 python3-venv
+    fi
+    if [ ! -x "$VENV/bin/python" ]; then
+        log "creating venv $VENV"
+        quiet python3 -m venv "$VENV"
+    fi
+    log "pip install SecantusDB==$SECANTUS_VERSION pymongo"
+    # SecantusDB depends on pymongo today; name it anyway since the ping
+    # check above needs it.
+    quiet "$VENV/bin/python" -m pip install --disable-pip-version-check -q \
+        "SecantusDB==$SECANTUS_VERSION" pymongo
+    secantus_installed || die "SecantusDB install did not produce secantusd-py"
+}
+
+# Pid of our SecantusDB if its pid file names a live secantusd process.
+secantus_pid() {
+    local pid
+    [ -f "$SECANTUS_PID_FILE" ] || return 1
+    pid="$(cat "$SECANTUS_PID_FILE")"
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+    # Guard against a recycled pid belonging to something else.
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q secantusd || return 1
+    echo "$pid"
+}
+
+secantus_up() {
+    secantus_install
+    mkdir -p "$SECANTUS_DATA"
+
+    if mongo_ping; then
+        log "SecantusDB/MongoDB already answers on $MONGO_HOST:$MONGO_PORT"
+        return 0
+    fi
+
+    local pid
+    if pid="$(secantus_pid)"; then
+        local running_port
+        running_port="$(cat "$SECANTUS_PORT_FILE" 2>/dev/null || echo '?')"
+        if [ "$running_port" != "$MONGO_PORT" ]; then
+            die "SecantusDB already runs (pid $pid) on port $running_port, not $MONGO_PORT; run '$0 down' first"
+        fi
+        log "SecantusDB (pid $pid) is running but not answering yet; waiting"
+    else
+        if port_open "$MONGO_HOST" "$MONGO_PORT"; then
+            die "port $MONGO_HOST:$MONGO_PORT is taken by something that does not answer a MongoDB ping"
+        fi
+        # An empty config file passed with --config turns off the launcher's
+        # auto-discovery of ./secantusd.toml, ~/.secantus/secantusd.toml and
+        # /etc/secantus/secantusd.toml, so the flags below are all that count.
+        [ -f "$SECANTUS_CONFIG" ] ||
+            printf '# Intentionally empty: scripts/services.sh passes every setting as a flag.\n' \
+                >"$SECANTUS_CONFIG"
+        log "starting SecantusDB on $MONGO_HOST:$MONGO_PORT (log: $SECANTUS_LOG)"
+        printf '\n==== %s services.sh: starting secantusd-py on port %s\n' \
+            "$(date -Is)" "$MONGO_PORT" >>"$SECANTUS_LOG"
+        # setsid + nohup: detach from our terminal/session so it outlives this
+        # script and a closed shell. setsid doesn't fork here (a background
+        # job in a script isn't a process-group leader), and nohup and the
+        # script shebang exec, so $! is the server's own pid.
+        (
+            cd "$SERVICES_DIR"
+            close_inherited_fds
+            exec setsid nohup "$VENV/bin/secantusd-py" \
+                --config "$SECANTUS_CONFIG" \
+                --host "$MONGO_HOST" \
+                --port "$MONGO_PORT" \
+                --storage-path "$SECANTUS_DATA" \
+                --enable-test-commands \
+                </dev/null >>"$SECANTUS_LOG" 2>&1
+        ) &
+        pid=$!
+        echo "$pid" >"$SECANTUS_PID_FILE"
+        echo "$MONGO_PORT" >"$SECANTUS_PORT_FILE"
+    fi
+
+    local deadline=$((SECONDS + SECANTUS_START_TIMEOUT))
+    until mongo_ping; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 20 "$SECANTUS_LOG" >&2 || true
+            die "SecantusDB exited during startup (log: $SECANTUS_LOG)"
+        fi
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            tail -n 20 "$SECANTUS_LOG" >&2 || true
+            die "SecantusDB did not answer a ping within ${SECANTUS_START_TIMEOUT}s"
+        fi
+        sleep 0.5
+    done
+    log "SecantusDB ready on $MONGO_HOST:$MONGO_PORT (pid $pid)"
+}
+
+secantus_down() {
+    local pid
+    if ! pid="$(secantus_pid)"; then
+        log "SecantusDB is not running (no live pid in $SECANTUS_PID_FILE)"
+        rm -f "$SECANTUS_PID_FILE" "$SECANTUS_PORT_FILE"
+        return 0
+    fi
+    log "stopping SecantusDB (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    # It takes a few seconds to close WiredTiger cleanly; don't cut that short.
+    local deadline=$((SECONDS + 30))
+    while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do
+        sleep 0.5
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "SecantusDB did not exit after SIGTERM; sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$SECANTUS_PID_FILE" "$SECANTUS_PORT_FILE"
+}
+
+# ============================================================================
+# Camunda — PLACEHOLDER, not implemented yet.
+#
+# Whoever adds the Camunda engine: fill in these four functions. They are
+# already called from `up`, `down` and the env-file writer, so nothing else in
+# this script needs to change. Keep state under $SERVICES_DIR (e.g.
+# $SERVICES_DIR/camunda/), make camunda_up idempotent and bounded (poll until
+# the engine answers, with a timeout), and print env lines such as
+#   export CAMUNDA_URL=http://127.0.0.1:8080/engine-rest
+# from camunda_env. (scripts/camunda-engine.sh, written alongside, has `up`,
+# `down` and writes .services/camunda.env: calling it from here is likely all
+# that is needed.)
+# ============================================================================
+
+camunda_install() { :; }
+camunda_up() { camunda_install; }
+camunda_down() { :; }
+camunda_env() { :; } # print `export NAME=value` lines for .services/env
+
+# ============================================================================
+# Env file and commands
+# ============================================================================
+
+write_env() {
+    local tmp="$ENV_FILE.tmp.$$"
+    {
+        echo "# Written by scripts/services.sh up; source it: . .services/env"
+        echo "export SERVICES_DIR=$SERVICES_DIR"
+        echo "export MONGODB_URI=mongodb://$MONGO_HOST:$MONGO_PORT"
+        echo "export RABBITMQ_URL=amqp://guest:guest@$RABBIT_HOST:$RABBIT_PORT/%2f"
+        camunda_env
+    } >"$tmp"
+    mv "$tmp" "$ENV_FILE"
+}
+
+# Serialise concurrent runs (say, scripts/test.sh in two terminals). fd 9 is
+# closed for the long-lived servers we start (close_inherited_fds), so they
+# don't keep the lock.
+take_lock() {
+    mkdir -p "$SERVICES_DIR"
+    exec 9>"$SERVICES_DIR/.lock"
+    flock -w 300 9 || die "another services.sh is still running (lock $SERVICES_DIR/.lock)"
+}
+
+cmd_up() {
+    require_root
+    take_lock
+    local start=$SECONDS
+    rabbit_up
+    secantus_up
+    camunda_up
+    write_env
+    echo "services up in $((SECONDS - start))s: RabbitMQ $RABBIT_HOST:$RABBIT_PORT, SecantusDB $MONGO_HOST:$MONGO_PORT; env in $ENV_FILE"
+}
+
+cmd_down() {
+    require_root
+    take_lock
+    camunda_down
+    secantus_down
+    rabbit_down
+    echo "services down"
+}
+
+cmd_env() {
+    [ -f "$ENV_FILE" ] || die "$ENV_FILE does not exist; run '$0 up' first"
+    cat "$ENV_FILE"
+}
+
+case "${1:-up}" in
+    up) cmd_up ;;
+    down) cmd_down ;;
+    env) cmd_env ;;
+    -h | --help | help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0" ;;
+    *) die "unknown command '$1' (use: up | down | env)" ;;
+esac

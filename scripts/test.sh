@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Run the whole test suite against the real services:
+#
+#   scripts/test.sh [extra cargo test args...]
+#
+# 1. start (installing if needed) the services: scripts/services.sh up
+# 2. cargo fmt --check, 3. cargo clippy -D warnings, 4. cargo test
+# Extra arguments go to `cargo test --all-targets`, e.g.
+#   scripts/test.sh -- --nocapture
+# Stops at the first failing step with its exit code.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "[1/4] services: scripts/services.sh up"
+bash scripts/services.sh up
+# shellcheck source=/dev/null
+source .services/env
+
+step "[2/4] cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+step "[3/4] cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "[4/4] cargo test --all-targets${*:+ $*}"
+cargo test --all-targets "$@"
+
+step "all checks passed"

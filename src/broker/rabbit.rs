@@ -1,0 +1,313 @@
+//! RabbitMQ through lapin: topology, a confirming publisher, per-topic consumers, and the
+//! supervisor that reconnects and redeclares after any connection loss. Consumers ack only after
+//! the delivery handler has recorded the outcome. The URL (which may hold a password) is never
+//! logged.
+
+use std::{
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
+        BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+        QueueDeclareOptions,
+    },
+    types::{AMQPValue, FieldTable},
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use super::{Broker, DeliveryHandler, Disposition, PublishError};
+use crate::config::Secret;
+
+/// Names derived from the exchange, so several gateways (and parallel tests) share one vhost.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub exchange: String,
+    pub delivery_limit: u32,
+}
+
+impl Topology {
+    pub fn routing_key(topic: &str) -> String {
+        format!("task.submit.{topic}")
+    }
+    pub fn queue(&self, topic: &str) -> String {
+        format!("{}.task.submit.{topic}", self.exchange)
+    }
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dlx", self.exchange)
+    }
+    pub fn dead_queue(&self) -> String {
+        format!("{}.dead", self.exchange)
+    }
+}
+
+/// A topic to consume, with its prefetch (the number of its messages in flight at once).
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    pub topic: String,
+    pub prefetch: u16,
+}
+
+struct Inner {
+    url: Secret,
+    topology: Topology,
+    topics: Vec<String>,
+    publisher: RwLock<Option<Channel>>,
+    connected: AtomicBool,
+}
+
+/// How long a publish may wait for its confirm before it counts as unsent (a blocked broker
+/// holds confirms back; the relay publishes again later).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+pub struct RabbitBroker {
+    inner: Arc<Inner>,
+}
+
+impl RabbitBroker {
+    /// `topics` are declared (queue + binding) on every (re)connect, consumed or not, so a
+    /// publish is routable even from an API-only process.
+    pub fn new(url: Secret, topology: Topology, topics: Vec<String>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                url,
+                topology,
+                topics,
+                publisher: RwLock::new(None),
+                connected: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.inner.topology
+    }
+
+    /// The supervisor: connects, declares, consumes, and reconnects with backoff after any loss,
+    /// until `cancel` fires. Then it stops consuming, lets in-flight deliveries finish (at most
+    /// `grace`) so they can be acked, and closes the connection.
+    pub async fn run(
+        self,
+        consumers: Vec<ConsumerSpec>,
+        handler: Arc<dyn DeliveryHandler>,
+        cancel: CancellationToken,
+        grace: Duration,
+    ) {
+        let mut backoff = Duration::from_millis(200);
+        while !cancel.is_cancelled() {
+            let mut up = false;
+            let result = self.session(&consumers, &handler, &cancel, grace, &mut up).await;
+            self.mark_down();
+            match result {
+                Ok(()) => break,
+                Err(error) => {
+                    if up {
+                        backoff = Duration::from_millis(200);
+                    }
+                    tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "rabbitmq connection lost");
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    fn mark_down(&self) {
+        self.inner.connected.store(false, Ordering::SeqCst);
+        if let Ok(mut p) = self.inner.publisher.write() {
+            *p = None;
+        }
+    }
+
+    async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+        let t = &self.inner.topology;
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        channel
+            .exchange_declare(t.exchange.as_str().into(), ExchangeKind::Topic, durable, FieldTable::default())
+            .await?;
+        channel
+            .exchange_declare(t.dead_letter_exchange().into(), ExchangeKind::Fanout, durable, FieldTable::default())
+            .await?;
+        let durable_queue = QueueDeclareOptions { durable: true, ..Default::default() };
+        let mut quorum = FieldTable::default();
+        // Quorum queues replicate and survive broker restarts; they are also what supports a
+        // delivery limit, which stops a message that crashes its consumer from looping forever.
+        quorum.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        channel.queue_declare(t.dead_queue().into(), durable_queue, quorum.clone()).await?;
+        channel
+            .queue_bind(
+                t.dead_queue().into(),
+                t.dead_letter_exchange().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let mut args = quorum;
+        args.insert("x-delivery-limit".into(), AMQPValue::LongInt(t.delivery_limit as i32));
+        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(t.dead_letter_exchange().into()));
+        for topic in &self.inner.topics {
+            channel.queue_declare(t.queue(topic).into(), durable_queue, args.clone()).await?;
+            channel
+                .queue_bind(
+                    t.queue(topic).into(),
+                    t.exchange.as_str().into(),
+                    Topology::routing_key(topic).into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn session(
+        &self,
+        consumers: &[ConsumerSpec],
+        handler: &Arc<dyn DeliveryHandler>,
+        cancel: &CancellationToken,
+        grace: Duration,
+        up: &mut bool,
+    ) -> Result<(), String> {
+        let props = ConnectionProperties::default().with_connection_name("worker-api-gateway".into());
+        let conn = Connection::connect(self.inner.url.expose(), props).await.map_err(|e| e.to_string())?;
+        let mut events = conn.events_listener();
+        let setup = conn.create_channel().await.map_err(|e| e.to_string())?;
+        self.declare(&setup).await.map_err(|e| e.to_string())?;
+        let _ = setup.close(200, "declared".into()).await;
+
+        let publisher = conn.create_channel().await.map_err(|e| e.to_string())?;
+        publisher.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| e.to_string())?;
+        if let Ok(mut p) = self.inner.publisher.write() {
+            *p = Some(publisher);
+        }
+
+        let tracker = TaskTracker::new();
+        let (ended_tx, mut ended_rx) = tokio::sync::mpsc::channel::<String>(consumers.len().max(1));
+        let mut channels = Vec::new();
+        for spec in consumers {
+            let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+            // Prefetch bounds the unacked messages, hence the handlers running, per topic.
+            channel.basic_qos(spec.prefetch, BasicQosOptions::default()).await.map_err(|e| e.to_string())?;
+            let tag = format!("wag-{}-{}", spec.topic, std::process::id());
+            let queue = self.inner.topology.queue(&spec.topic);
+            let mut consumer = channel
+                .basic_consume(queue.into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            channels.push((channel, tag));
+            let handler = handler.clone();
+            let tracker2 = tracker.clone();
+            let ended = ended_tx.clone();
+            let topic = spec.topic.clone();
+            tracker.spawn(async move {
+                while let Some(item) = consumer.next().await {
+                    let delivery = match item {
+                        Ok(d) => d,
+                        Err(e) => {
+                            let _ = ended.send(format!("consumer {topic}: {e}")).await;
+                            return;
+                        }
+                    };
+                    let handler = handler.clone();
+                    tracker2.spawn(async move {
+                        let outcome = match handler.handle(&delivery.data).await {
+                            Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
+                            Disposition::DeadLetter(reason) => {
+                                tracing::warn!(%reason, "message dead-lettered");
+                                delivery.reject(BasicRejectOptions { requeue: false }).await
+                            }
+                            Disposition::Requeue => {
+                                delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await
+                            }
+                        };
+                        if let Err(error) = outcome {
+                            // The task's state is already recorded; redelivery finds it done.
+                            tracing::warn!(%error, "could not settle a delivery");
+                        }
+                    });
+                }
+                let _ = ended.send(format!("consumer {topic} was cancelled by the broker")).await;
+            });
+        }
+        drop(ended_tx);
+        self.inner.connected.store(true, Ordering::SeqCst);
+        *up = true;
+        tracing::info!(consumers = consumers.len(), "rabbitmq connected, topology declared");
+
+        let outcome = loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break Ok(()),
+                Some(reason) = ended_rx.recv(), if !consumers.is_empty() => break Err(reason),
+                event = events.next() => match event {
+                    Some(lapin::Event::Error(e)) => break Err(e.to_string()),
+                    Some(lapin::Event::ConnectionBlocked(reason)) => {
+                        tracing::warn!(%reason, "rabbitmq blocked the connection");
+                    }
+                    Some(lapin::Event::ConnectionUnblocked) => tracing::info!("rabbitmq unblocked the connection"),
+                    Some(_) => {}
+                    None => break Err("connection event stream ended".into()),
+                },
+            }
+        };
+        if outcome.is_ok() {
+            // Shutdown: take no new messages, let those in hand finish and be acked.
+            for (channel, tag) in &channels {
+                let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+            }
+            tracker.close();
+            if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+                tracing::warn!(
+                    "shutdown grace period over with handlers still running; their messages return to the queue"
+                );
+            }
+            self.mark_down();
+            let _ = conn.close(200, "shutdown".into()).await;
+        }
+        outcome
+    }
+}
+
+#[async_trait]
+impl Broker for RabbitBroker {
+    async fn publish(&self, topic: &str, body: &[u8], attempt: u32) -> Result<(), PublishError> {
+        let channel = self.inner.publisher.read().ok().and_then(|p| p.clone()).ok_or(PublishError::NotConnected)?;
+        let mut headers = FieldTable::default();
+        headers.insert("attempt".into(), AMQPValue::LongUInt(attempt));
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2) // persistent: survives a broker restart
+            .with_content_type("application/json".into())
+            .with_headers(headers);
+        // mandatory: an unroutable message comes back instead of vanishing.
+        let options = BasicPublishOptions { mandatory: true, ..Default::default() };
+        let exchange = self.inner.topology.exchange.as_str();
+        let confirm = channel
+            .basic_publish(exchange.into(), Topology::routing_key(topic).into(), options, body, properties)
+            .await
+            .map_err(|e| PublishError::Failed(e.to_string()))?;
+        match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+            Err(_) => Err(PublishError::Failed("no confirm within 10 s".into())),
+            Ok(Err(e)) => Err(PublishError::Failed(e.to_string())),
+            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+            Ok(Ok(Confirmation::Ack(Some(returned)))) => Err(PublishError::Unroutable(returned.reply_text.to_string())),
+            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
+            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Failed("confirms not enabled".into())),
+        }
+    }
+
+    fn is_connected(&self) -> bool {
+        self.inner.connected.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,316 @@
+//! Typed settings, read once from the environment (and a `.env` file when present) through the
+//! `config` crate, validated once. A bad value stops start-up with a message naming the variable.
+//! Secrets live in [`Secret`], whose `Debug`/`Display` never show the value.
+
+use std::{collections::HashMap, fmt, net::IpAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use crate::domain::{Limits, StatusLabels};
+
+/// A value that must never reach a log line (a password, or a URI that may hold one).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The raw value, for the one place that needs it (a driver's connect call).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URI with any password replaced by `***`, safe to log.
+    pub fn redacted_uri(&self) -> String {
+        redact_uri(&self.0)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host` (and anything unparsable) with `***`.
+pub fn redact_uri(uri: &str) -> String {
+    match url::Url::parse(uri) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                // Only fails for URLs that cannot have a password, which we just saw one in.
+                let _ = url.set_password(Some("***"));
+            }
+            url.to_string()
+        }
+        // MongoDB seed lists (`host1,host2`) don't parse as one URL: cut everything before '@'.
+        Err(_) => match (uri.find("://"), uri.rfind('@')) {
+            (Some(s), Some(at)) if at > s => format!("{}***@{}", &uri[..s + 3], &uri[at + 1..]),
+            _ => uri.to_owned(),
+        },
+    }
+}
+
+/// Which parts of the gateway this process runs (`GATEWAY_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// HTTP API, consumers and relay.
+    All,
+    /// HTTP API and relay; no consumers.
+    Api,
+    /// Consumers and relay; HTTP serves only `/health`, `/live`, `/metrics`.
+    Worker,
+}
+
+impl Mode {
+    pub fn consumes(self) -> bool {
+        matches!(self, Self::All | Self::Worker)
+    }
+    pub fn serves_api(self) -> bool {
+        matches!(self, Self::All | Self::Api)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone)]
+pub struct MongoSettings {
+    /// `MONGODB_URI` (mongodb://localhost:27017); may hold credentials.
+    pub uri: Secret,
+    /// `MONGODB_DATABASE` (worker_gateway).
+    pub database: String,
+    /// `MONGODB_TIMEOUT_MS` (5000): server selection and connect timeout, so a submit answers 503
+    /// quickly when MongoDB is unreachable.
+    pub timeout: Duration,
+    /// `MONGODB_MAX_POOL_SIZE` (10): connections per process.
+    pub max_pool_size: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct RabbitSettings {
+    /// `RABBITMQ_URL` (amqp://guest:guest@localhost:5672/%2f); may hold credentials.
+    pub url: Secret,
+    /// `RABBITMQ_EXCHANGE` (worker_gateway): the topic exchange; queue names derive from it.
+    pub exchange: String,
+    /// `RABBITMQ_DELIVERY_LIMIT` (10): quorum-queue deliveries before a message is dead-lettered.
+    pub delivery_limit: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct CamundaSettings {
+    /// `CAMUNDA_URL`: the engine's REST base, e.g. http://localhost:8080/engine-rest.
+    pub url: String,
+    /// `CAMUNDA_USERNAME` (unset): basic auth user.
+    pub username: Option<String>,
+    /// `CAMUNDA_PASSWORD` (unset): basic auth password.
+    pub password: Option<Secret>,
+    /// `CAMUNDA_WORKER_ID` (worker-api-gateway): worker id for pull mode.
+    pub worker_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `HOST` (0.0.0.0): address to bind.
+    pub host: IpAddr,
+    /// `PORT` (8000): HTTP port; 0 picks a free one.
+    pub port: u16,
+    /// `GATEWAY_MODE` (all): all | api | worker.
+    pub mode: Mode,
+    /// `DEBUG` (false): when true the default log level is debug.
+    pub debug: bool,
+    /// `LOG_LEVEL` (info, or debug with DEBUG=true): a tracing filter.
+    pub log_level: String,
+    /// `LOG_FORMAT` (json): json | pretty.
+    pub log_format: LogFormat,
+    pub mongodb: MongoSettings,
+    pub rabbitmq: RabbitSettings,
+    /// `TASK_TIMEOUT` (300 s): default handler timeout; topic files override.
+    pub task_timeout: Duration,
+    /// `TASK_RETRY_LIMIT` (3): default attempt limit; topic files override.
+    pub task_retry_limit: u32,
+    /// `TOPICS_DIR` (./topics): one TOML file per topic.
+    pub topics_dir: PathBuf,
+    /// `STATUS_LABELS` (english): english | seed.
+    pub status_labels: StatusLabels,
+    /// `MAX_ID_LENGTH` (128), `MAX_VARIABLES` (100), `MAX_VARIABLE_DEPTH` (10), `MAX_STRING_LENGTH` (65536).
+    pub limits: Limits,
+    /// `MAX_BODY_BYTES` (1 MiB): larger request bodies get 413.
+    pub max_body_bytes: usize,
+    /// `RELAY_INTERVAL_MS` (1000): period of the relay's sweeps.
+    pub relay_interval: Duration,
+    /// `SHUTDOWN_GRACE_SECONDS` (30): how long in-flight handlers may finish after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Set when `CAMUNDA_URL` is.
+    pub camunda: Option<CamundaSettings>,
+}
+
+/// A variable that could not be used; the message names it.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {var}: {message}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+impl Settings {
+    /// Reads `.env` (if present, without overriding the real environment), then the environment.
+    pub fn load() -> Result<Self, ConfigError> {
+        // A missing .env is normal; a malformed one is worth stopping for.
+        if let Err(e) = dotenvy::dotenv()
+            && !e.not_found()
+        {
+            return Err(ConfigError { var: ".env", message: e.to_string() });
+        }
+        let env = config::Config::builder()
+            .add_source(config::Environment::default().try_parsing(false))
+            .build()
+            .and_then(|c| c.try_deserialize::<HashMap<String, config::Value>>())
+            .map_err(|e| ConfigError { var: "environment", message: e.to_string() })?;
+        let vars: HashMap<String, String> =
+            env.into_iter().filter_map(|(k, v)| v.into_string().ok().map(|v| (k.to_ascii_uppercase(), v))).collect();
+        Self::from_vars(&vars)
+    }
+
+    /// Builds settings from variable names → values (upper-case names); used by `load` and tests.
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let r = Reader(vars);
+        let debug = r.parse_or("DEBUG", false, parse_bool)?;
+        let camunda = match r.get("CAMUNDA_URL") {
+            None => None,
+            Some(url) => {
+                url::Url::parse(url).map_err(|e| ConfigError { var: "CAMUNDA_URL", message: e.to_string() })?;
+                Some(CamundaSettings {
+                    url: url.trim_end_matches('/').to_owned(),
+                    username: r.get("CAMUNDA_USERNAME").map(str::to_owned),
+                    password: r.get("CAMUNDA_PASSWORD").map(Secret::new),
+                    worker_id: r.get("CAMUNDA_WORKER_ID").unwrap_or("worker-api-gateway").to_owned(),
+                })
+            }
+        };
+        let settings = Settings {
+            host: r.parse_or("HOST", IpAddr::from([0, 0, 0, 0]), |s| s.parse().ok())?,
+            port: r.parse_or("PORT", 8000, |s| s.parse().ok())?,
+            mode: r.parse_or("GATEWAY_MODE", Mode::All, |s| match s {
+                "all" => Some(Mode::All),
+                "api" => Some(Mode::Api),
+                "worker" => Some(Mode::Worker),
+                _ => None,
+            })?,
+            debug,
+            log_level: r.get("LOG_LEVEL").unwrap_or(if debug { "debug" } else { "info" }).to_owned(),
+            log_format: r.parse_or("LOG_FORMAT", LogFormat::Json, |s| match s {
+                "json" => Some(LogFormat::Json),
+                "pretty" => Some(LogFormat::Pretty),
+                _ => None,
+            })?,
+            mongodb: MongoSettings {
+                uri: Secret::new(r.get("MONGODB_URI").unwrap_or("mongodb://localhost:27017")),
+                database: r.parse_or("MONGODB_DATABASE", "worker_gateway".to_owned(), |s| {
+                    let ok = !s.is_empty() && s.len() <= 63 && !s.contains(['/', '\\', '.', ' ', '"', '$', '\0']);
+                    ok.then(|| s.to_owned())
+                })?,
+                timeout: Duration::from_millis(r.parse_or("MONGODB_TIMEOUT_MS", 5000, positive)?),
+                max_pool_size: r.parse_or("MONGODB_MAX_POOL_SIZE", 10, |s| s.parse().ok().filter(|n| *n > 0))?,
+            },
+            rabbitmq: RabbitSettings {
+                url: Secret::new(r.get("RABBITMQ_URL").unwrap_or("amqp://guest:guest@localhost:5672/%2f")),
+                exchange: r.parse_or("RABBITMQ_EXCHANGE", "worker_gateway".to_owned(), |s| {
+                    let ok = !s.is_empty()
+                        && s.len() <= 100
+                        && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+                    ok.then(|| s.to_owned())
+                })?,
+                delivery_limit: r.parse_or("RABBITMQ_DELIVERY_LIMIT", 10, |s| s.parse().ok().filter(|n| *n > 0))?,
+            },
+            task_timeout: Duration::from_secs(r.parse_or("TASK_TIMEOUT", 300, positive)?),
+            task_retry_limit: r.parse_or("TASK_RETRY_LIMIT", 3, |s| s.parse().ok().filter(|n| *n > 0))?,
+            topics_dir: PathBuf::from(r.get("TOPICS_DIR").unwrap_or("./topics")),
+            status_labels: r.parse_or("STATUS_LABELS", StatusLabels::English, |s| match s {
+                "english" => Some(StatusLabels::English),
+                "seed" => Some(StatusLabels::Seed),
+                _ => None,
+            })?,
+            limits: Limits {
+                max_id_length: r.parse_or("MAX_ID_LENGTH", 128, positive_usize)?,
+                max_variables: r.parse_or("MAX_VARIABLES", 100, positive_usize)?,
+                max_depth: r.parse_or("MAX_VARIABLE_DEPTH", 10, positive_usize)?,
+                max_string_length: r.parse_or("MAX_STRING_LENGTH", 65_536, positive_usize)?,
+            },
+            max_body_bytes: r.parse_or("MAX_BODY_BYTES", 1024 * 1024, positive_usize)?,
+            relay_interval: Duration::from_millis(r.parse_or("RELAY_INTERVAL_MS", 1000, positive)?),
+            shutdown_grace: Duration::from_secs(r.parse_or("SHUTDOWN_GRACE_SECONDS", 30, |s| s.parse().ok())?),
+            camunda,
+        };
+        Ok(settings)
+    }
+}
+
+struct Reader<'a>(&'a HashMap<String, String>);
+
+impl Reader<'_> {
+    fn get(&self, var: &str) -> Option<&str> {
+        self.0.get(var).map(|s| s.trim()).filter(|s| !s.is_empty())
+    }
+
+    fn parse_or<T>(&self, var: &'static str, default: T, parse: impl Fn(&str) -> Option<T>) -> Result<T, ConfigError> {
+        match self.get(var) {
+            None => Ok(default),
+            Some(raw) => parse(raw).ok_or_else(|| ConfigError { var, message: format!("invalid value {raw:?}") }),
+        }
+    }
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    match s.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+fn positive(s: &str) -> Option<u64> {
+    u64::from_str(s).ok().filter(|n| *n > 0)
+}
+
+fn positive_usize(s: &str) -> Option<usize> {
+    usize::from_str(s).ok().filter(|n| *n > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_match_the_seed() {
+        let s = Settings::from_vars(&HashMap::new()).expect("defaults are valid");
+        assert_eq!(s.port, 8000);
+        assert_eq!(s.task_timeout, Duration::from_secs(300));
+        assert_eq!(s.task_retry_limit, 3);
+        assert_eq!(s.rabbitmq.exchange, "worker_gateway");
+        assert!(s.camunda.is_none());
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        let err = Settings::from_vars(&vars(&[("PORT", "eighty")])).err().map(|e| e.to_string());
+        assert_eq!(err.as_deref(), Some("configuration: PORT: invalid value \"eighty\""));
+        let err = Settings::from_vars(&vars(&[("TASK_RETRY_LIMIT", "0")])).err().map(|e| e.var);
+        assert_eq!(err, Some("TASK_RETRY_LIMIT"));
+    }
+
+    #[test]
+    fn passwords_never_show() {
+        let s = Secret::new("mongodb://admin:hunter2@db:27017/x");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert_eq!(s.redacted_uri(), "mongodb://admin:***@db:27017/x");
+        assert_eq!(redact_uri("mongodb://u:p@h1:1,h2:2/db"), "mongodb://***@h1:1,h2:2/db");
+        assert_eq!(redact_uri("amqp://guest:guest@localhost:5672/%2f"), "amqp://guest:***@localhost:5672/%2f");
+    }
+}

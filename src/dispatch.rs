@@ -1,0 +1,268 @@
+//! Processing one delivery: claim the task (one conditional update that also counts the attempt),
+//! run the topic's handler under its timeout, record the outcome, and only then let the consumer
+//! ack. A delivery that finds its task already claimed, finished or not yet due does nothing, so
+//! duplicates never run a handler twice for the same attempt.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    broker::{DeliveryHandler, Disposition},
+    domain::{Limits, Submission},
+    metrics::{Metrics, OutcomeLabels},
+    store::{
+        AttemptOutcome, CamundaLink, InsertOutcome, NewTask, StoreError, TaskRecord, TaskSource, TaskStore, lease_for,
+    },
+    topics::{HandlerContext, HandlerError, ProcessingStep, ProgressSink, Registry, Topic},
+};
+
+/// What processing one delivery came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Processed {
+    Succeeded,
+    /// Failed retryably; scheduled again.
+    Retrying,
+    /// Failed for good (business error or attempts exhausted).
+    Failed,
+    /// Nothing to do: the task was claimed, finished, cancelled or not yet due.
+    Skipped,
+    /// The message is unusable (not a submission, unknown topic, conflicting body).
+    Invalid(String),
+    /// Shutting down while the store was unreachable: hand the message back.
+    Interrupted,
+}
+
+#[derive(Clone)]
+pub struct Dispatcher {
+    store: Arc<dyn TaskStore>,
+    registry: Registry,
+    metrics: Metrics,
+    limits: Limits,
+    cancel: CancellationToken,
+}
+
+impl Dispatcher {
+    pub fn new(
+        store: Arc<dyn TaskStore>,
+        registry: Registry,
+        metrics: Metrics,
+        limits: Limits,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self { store, registry, metrics, limits, cancel }
+    }
+
+    /// Retries a store call while the store is unreachable, until shutdown. Processing pauses
+    /// (the message stays unacked) instead of failing the task for an outage.
+    async fn patiently<T, F, Fut>(&self, mut op: F) -> Option<Result<T, StoreError>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match op().await {
+                Err(StoreError::Unavailable(reason)) => {
+                    tracing::warn!(%reason, "store unavailable; processing paused");
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return None,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                other => return Some(other),
+            }
+        }
+    }
+
+    /// Handles one message body, start to finish.
+    #[tracing::instrument(skip_all, fields(task_id, topic))]
+    pub async fn process(&self, body: &[u8]) -> Processed {
+        let value: serde_json::Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => return Processed::Invalid(format!("body is not JSON: {e}")),
+        };
+        let submission = match Submission::parse(&value, &self.limits) {
+            Ok(s) => s,
+            Err(errors) => {
+                let fields: Vec<String> = errors.iter().map(|e| format!("{} {}", e.field, e.message)).collect();
+                return Processed::Invalid(format!("not a valid submission: {}", fields.join("; ")));
+            }
+        };
+        let span = tracing::Span::current();
+        span.record("task_id", submission.task_id.as_str());
+        span.record("topic", submission.topic.as_str());
+        let Some(topic) = self.registry.get(submission.topic.as_str()).cloned() else {
+            return Processed::Invalid(format!("topic {:?} is not registered", submission.topic.as_str()));
+        };
+        let lease = Utc::now() + lease_for(topic.spec.timeout());
+        let task_id = submission.task_id.as_str();
+        let claimed = match self.patiently(|| self.store.claim(task_id, lease)).await {
+            None => return Processed::Interrupted,
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "claim failed");
+                return Processed::Interrupted;
+            }
+            Some(Ok(c)) => c,
+        };
+        let task = match claimed {
+            Some(task) => task,
+            None => match self.adopt(&submission, &topic, lease).await {
+                Ok(Some(task)) => task,
+                Ok(None) => return Processed::Skipped,
+                Err(p) => return p,
+            },
+        };
+        self.run(task, &topic).await
+    }
+
+    /// A message for a task the store does not know: a worker published straight to the
+    /// exchange. Store it (idempotently) and claim it.
+    async fn adopt(
+        &self,
+        submission: &Submission,
+        topic: &Topic,
+        lease: chrono::DateTime<Utc>,
+    ) -> Result<Option<TaskRecord>, Processed> {
+        let new = NewTask {
+            submission: submission.clone(),
+            max_attempts: topic.spec.retry.max_attempts,
+            source: TaskSource::Amqp,
+            camunda: CamundaLink::not_applicable(),
+            // The message in hand is the publish; the relay only steps in if it is lost.
+            publish_due_at: Utc::now() + lease_for(topic.spec.timeout()),
+        };
+        let inserted = match self.patiently(|| self.store.insert(new.clone())).await {
+            None => return Err(Processed::Interrupted),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "storing a direct submission failed");
+                return Err(Processed::Interrupted);
+            }
+            Some(Ok(i)) => i,
+        };
+        match inserted {
+            InsertOutcome::Conflict(_) => {
+                return Err(Processed::Invalid("a task with this id exists with a different body".into()));
+            }
+            InsertOutcome::Existing(_) => return Ok(None),
+            InsertOutcome::Created(_) => {
+                self.metrics.submits.get_or_create(&submit_labels(submission.topic.as_str(), "created")).inc();
+            }
+        }
+        let task_id = submission.task_id.as_str();
+        match self.patiently(|| self.store.claim(task_id, lease)).await {
+            Some(Ok(task)) => {
+                // The message in hand serves as the publish.
+                let _ = self.store.publish_confirmed(task_id, new.publish_due_at).await;
+                Ok(task)
+            }
+            None | Some(Err(_)) => Err(Processed::Interrupted),
+        }
+    }
+
+    async fn run(&self, task: TaskRecord, topic: &Topic) -> Processed {
+        let attempt = task.attempts;
+        let progress = Arc::new(StoreProgress { store: self.store.clone(), task_id: task.task_id.clone(), attempt });
+        let ctx =
+            HandlerContext::new(task.task_id.clone(), task.worker_id.clone(), task.topic.clone(), attempt, progress);
+        let label = Metrics::topic(&task.topic);
+        let in_flight = self.metrics.in_flight.get_or_create(&label).clone();
+        in_flight.inc();
+        let started = std::time::Instant::now();
+        let handler = topic.handler.clone();
+        let variables = task.variables.clone();
+        // Run in its own task so a panicking handler is a failed attempt, not a dead consumer.
+        let run = tokio::spawn(async move { handler.handle(&ctx, &variables).await });
+        let abort = run.abort_handle();
+        let result = match tokio::time::timeout(topic.spec.timeout(), run).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(join)) => Err(HandlerError::retryable(format!("handler panicked: {join}"))),
+            Err(_) => {
+                abort.abort();
+                Err(HandlerError::retryable(format!("handler timed out after {} s", topic.spec.timeout_seconds)))
+            }
+        };
+        let elapsed = started.elapsed();
+        in_flight.dec();
+        self.metrics.handler_duration.get_or_create(&label).observe(elapsed.as_secs_f64());
+
+        let (outcome, processed) = match result {
+            Ok(result) => (AttemptOutcome::Succeeded { result }, Processed::Succeeded),
+            Err(HandlerError::Business { code, message }) => {
+                (AttemptOutcome::Failed { error: message, error_code: Some(code) }, Processed::Failed)
+            }
+            Err(HandlerError::Retryable { message }) if attempt < task.max_attempts => {
+                let next_attempt_at =
+                    Utc::now() + chrono::Duration::from_std(topic.spec.retry.backoff(attempt)).unwrap_or_default();
+                (AttemptOutcome::Retry { error: message, next_attempt_at }, Processed::Retrying)
+            }
+            Err(HandlerError::Retryable { message }) => (
+                AttemptOutcome::Failed {
+                    error: format!("{message} (attempt {attempt} of {})", task.max_attempts),
+                    error_code: Some("ATTEMPTS_EXHAUSTED".into()),
+                },
+                Processed::Failed,
+            ),
+        };
+        let outcome_name = match processed {
+            Processed::Succeeded => "succeeded",
+            Processed::Retrying => "retrying",
+            _ => "failed",
+        };
+        let elapsed_ms = i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX);
+        match self.patiently(|| self.store.finish(&task.task_id, attempt, elapsed_ms, outcome.clone())).await {
+            Some(Ok(true)) => {
+                self.metrics
+                    .outcomes
+                    .get_or_create(&OutcomeLabels { topic: task.topic.clone(), outcome: outcome_name.into() })
+                    .inc();
+                tracing::info!(attempt, outcome = outcome_name, elapsed_ms, "attempt finished");
+                processed
+            }
+            Some(Ok(false)) => {
+                // The lease expired and the task moved on; this attempt's result is void.
+                tracing::warn!(attempt, "attempt finished after its lease was taken back; result dropped");
+                Processed::Skipped
+            }
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "recording the outcome failed; the lease will expire and the task re-run");
+                Processed::Skipped
+            }
+            None => Processed::Interrupted,
+        }
+    }
+}
+
+fn submit_labels(topic: &str, result: &str) -> crate::metrics::SubmitLabels {
+    crate::metrics::SubmitLabels { topic: topic.to_owned(), result: result.to_owned() }
+}
+
+#[async_trait]
+impl DeliveryHandler for Dispatcher {
+    async fn handle(&self, body: &[u8]) -> Disposition {
+        match self.process(body).await {
+            Processed::Invalid(reason) => Disposition::DeadLetter(reason),
+            Processed::Interrupted => Disposition::Requeue,
+            _ => Disposition::Ack,
+        }
+    }
+}
+
+/// Writes a handler's progress to the task while its attempt holds it.
+struct StoreProgress {
+    store: Arc<dyn TaskStore>,
+    task_id: String,
+    attempt: u32,
+}
+
+#[async_trait]
+impl ProgressSink for StoreProgress {
+    async fn record(&self, substatus: Option<String>, step: ProcessingStep) {
+        if let Err(error) = self.store.record_progress(&self.task_id, self.attempt, substatus, step).await {
+            tracing::warn!(%error, task_id = %self.task_id, "could not record a processing step");
+        }
+    }
+}

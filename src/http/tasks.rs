@@ -1,0 +1,325 @@
+//! Task routes: submit, status, retry, cancel, list and statistics. Input is validated here,
+//! completely, before anything reaches the store.
+
+use std::collections::BTreeMap;
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{
+        Path, Query, State,
+        rejection::{BytesRejection, QueryRejection},
+    },
+    http::{HeaderMap, StatusCode, header},
+    routing::{delete, get, post},
+};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{ApiError, AppState, TaskView, error::ErrorBody};
+use crate::{
+    domain::{FieldError, Submission, TaskStatus},
+    relay::{publish_held, publish_hold_until},
+    store::{CamundaLink, InsertOutcome, ListQuery, NewTask, TaskSource, TransitionError},
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/tasks/submit", post(submit))
+        .route("/tasks/statistics", get(statistics))
+        .route("/tasks", get(list))
+        .route("/tasks/{task_id}/status", get(status))
+        .route("/tasks/{task_id}/retry", post(retry))
+        .route("/tasks/{task_id}", delete(cancel))
+}
+
+/// What a worker submits.
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)] // documents the body; parsing goes through `Submission::parse`
+pub struct SubmitRequest {
+    /// Camunda's external task id (or any unique id): letters, digits, `-_.:`, at most 128.
+    task_id: String,
+    /// The submitting (Camunda-locking) worker's id.
+    worker_id: String,
+    /// A registered topic (see `GET /topics`).
+    topic: String,
+    /// Input variables: names MongoDB can store (no `$` prefix, no `.`).
+    #[schema(value_type = Option<Object>)]
+    variables: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SubmitResponse {
+    /// Always `submitted`.
+    pub status: &'static str,
+    pub task_id: String,
+    pub message: String,
+    /// False when this was an idempotent resubmit of an existing task.
+    pub created: bool,
+}
+
+/// Parses a JSON body, answering with the shared error shape for every way it can be wrong.
+fn json_body(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<serde_json::Value, ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if !(essence == "application/json" || essence.ends_with("+json")) {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "expected Content-Type application/json, got {:?}",
+            if content_type.is_empty() { "nothing" } else { content_type }
+        )));
+    }
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(limit)
+        } else {
+            ApiError::malformed(format!("could not read the body: {e}"))
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::malformed(format!("malformed JSON: {e}")))
+}
+
+/// Store a task durably and queue it. A 200 means it is in MongoDB; it will be processed even
+/// if RabbitMQ is down right now.
+#[utoipa::path(post, path = "/tasks/submit", tag = "tasks", request_body = SubmitRequest, responses(
+    (status = 200, body = SubmitResponse, description = "stored (created:false on an idempotent resubmit)"),
+    (status = 400, body = ErrorBody, description = "malformed JSON"),
+    (status = 409, body = ErrorBody, description = "same task_id, different body"),
+    (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+    (status = 422, body = ErrorBody, description = "invalid fields or unknown topic; `details` lists each"),
+    (status = 503, body = ErrorBody, description = "store unreachable"),
+))]
+#[tracing::instrument(skip_all, fields(task_id, topic))]
+pub async fn submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<SubmitResponse>, ApiError> {
+    let value = json_body(&headers, body, state.settings.max_body_bytes)?;
+    let submission = Submission::parse(&value, &state.settings.limits)
+        .map_err(|details| ApiError::invalid("invalid submission", details))?;
+    let span = tracing::Span::current();
+    span.record("task_id", submission.task_id.as_str());
+    span.record("topic", submission.topic.as_str());
+    let Some(topic) = state.registry.get(submission.topic.as_str()) else {
+        let known: Vec<&str> = state.registry.names().collect();
+        let message =
+            format!("topic {:?} is not registered; registered topics: {}", submission.topic.as_str(), known.join(", "));
+        return Err(ApiError::invalid(message.clone(), vec![FieldError::new("topic", message)]));
+    };
+    let missing: Vec<FieldError> = topic
+        .spec
+        .required_variables
+        .iter()
+        .filter(|v| !submission.variables.contains_key(*v))
+        .map(|v| FieldError::new(format!("variables.{v}"), format!("is required by topic {}", topic.spec.name)))
+        .collect();
+    if !missing.is_empty() {
+        return Err(ApiError::invalid("required variables missing", missing));
+    }
+    let hold = publish_hold_until(Utc::now());
+    let new = NewTask {
+        submission: submission.clone(),
+        max_attempts: topic.spec.retry.max_attempts,
+        source: TaskSource::Http,
+        camunda: CamundaLink::not_applicable(),
+        publish_due_at: hold,
+    };
+    let task_id = submission.task_id.to_string();
+    match state.store.insert(new).await? {
+        InsertOutcome::Created(task) => {
+            state
+                .metrics
+                .submits
+                .get_or_create(&crate::metrics::SubmitLabels { topic: task.topic.clone(), result: "created".into() })
+                .inc();
+            // Stored first, published second: if this publish fails the relay sends it later.
+            publish_held(state.store.as_ref(), state.broker.as_ref(), &state.metrics, &task, hold).await;
+            tracing::info!("task submitted");
+            Ok(Json(SubmitResponse {
+                status: "submitted",
+                task_id,
+                message: "Task submitted successfully".into(),
+                created: true,
+            }))
+        }
+        InsertOutcome::Existing(task) => {
+            state
+                .metrics
+                .submits
+                .get_or_create(&crate::metrics::SubmitLabels { topic: task.topic.clone(), result: "existing".into() })
+                .inc();
+            Ok(Json(SubmitResponse {
+                status: "submitted",
+                task_id,
+                message: "Task already submitted with the same body".into(),
+                created: false,
+            }))
+        }
+        InsertOutcome::Conflict(_) => Err(ApiError::Conflict(format!(
+            "task {task_id} exists with a different worker_id, topic or variables; the original is unchanged"
+        ))),
+    }
+}
+
+/// A task's status, result and history.
+#[utoipa::path(get, path = "/tasks/{task_id}/status", tag = "tasks",
+    params(("task_id" = String, Path, description = "task id")),
+    responses((status = 200, body = TaskView), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn status(State(state): State<AppState>, Path(task_id): Path<String>) -> Result<Json<TaskView>, ApiError> {
+    match state.store.get(&task_id).await? {
+        Some(task) => Ok(Json(TaskView::new(&task, state.settings.status_labels))),
+        None => Err(ApiError::NotFound(format!("task {task_id} not found"))),
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ActionResponse {
+    /// `retrying` or `cancelled`.
+    pub status: &'static str,
+    pub task_id: String,
+    pub message: String,
+}
+
+fn refused(task_id: &str, action: &str, allowed: &str, e: TransitionError) -> ApiError {
+    match e {
+        TransitionError::NotFound => ApiError::NotFound(format!("task {task_id} not found")),
+        TransitionError::WrongState(s) => {
+            ApiError::Conflict(format!("task {task_id} is {}; only {allowed} tasks can be {action}", s.as_str()))
+        }
+        TransitionError::Store(e) => e.into(),
+    }
+}
+
+/// Run a failed or cancelled task again, attempts reset.
+#[utoipa::path(post, path = "/tasks/{task_id}/retry", tag = "tasks",
+    params(("task_id" = String, Path, description = "task id")),
+    responses((status = 200, body = ActionResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "not failed or cancelled")))]
+pub async fn retry(
+    State(state): State<AppState>,
+    Path(task_id): Path<String>,
+) -> Result<Json<ActionResponse>, ApiError> {
+    let hold = publish_hold_until(Utc::now());
+    let task = state
+        .store
+        .manual_retry(&task_id, hold)
+        .await
+        .map_err(|e| refused(&task_id, "retried", "failed or cancelled", e))?;
+    publish_held(state.store.as_ref(), state.broker.as_ref(), &state.metrics, &task, hold).await;
+    Ok(Json(ActionResponse { status: "retrying", task_id, message: "Task queued again".into() }))
+}
+
+/// Cancel a queued or retrying task.
+#[utoipa::path(delete, path = "/tasks/{task_id}", tag = "tasks",
+    params(("task_id" = String, Path, description = "task id")),
+    responses((status = 200, body = ActionResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "not queued or retrying")))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(task_id): Path<String>,
+) -> Result<Json<ActionResponse>, ApiError> {
+    state.store.cancel(&task_id).await.map_err(|e| refused(&task_id, "cancelled", "queued or retrying", e))?;
+    Ok(Json(ActionResponse { status: "cancelled", task_id, message: "Task cancelled".into() }))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct ListParams {
+    /// Filter by status (English or seed label).
+    status: Option<String>,
+    topic: Option<String>,
+    worker_id: Option<String>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    limit: Option<u32>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TaskPage {
+    pub tasks: Vec<TaskView>,
+    pub count: usize,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+const CURSOR_SEP: char = '~';
+
+/// Tasks, newest first, with filters and cursor pagination.
+#[utoipa::path(get, path = "/tasks", tag = "tasks", params(ListParams),
+    responses((status = 200, body = TaskPage), (status = 400, body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<TaskPage>, ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::malformed(format!("bad query: {}", e.body_text())))?;
+    let mut errors = Vec::new();
+    let status = p.status.as_deref().and_then(|s| {
+        let parsed = TaskStatus::parse_label(s);
+        if parsed.is_none() {
+            errors.push(FieldError::new("status", format!("unknown status {s:?}")));
+        }
+        parsed
+    });
+    let limit = p.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        errors.push(FieldError::new("limit", "must be between 1 and 500"));
+    }
+    let after = p.cursor.as_deref().and_then(|c| {
+        let parsed = c.split_once(CURSOR_SEP).and_then(|(ms, id)| Some((ms.parse::<i64>().ok()?, id.to_owned())));
+        if parsed.is_none() {
+            errors.push(FieldError::new("cursor", "not a cursor this API issued"));
+        }
+        parsed
+    });
+    if !errors.is_empty() {
+        return Err(ApiError::Validation {
+            status: StatusCode::BAD_REQUEST,
+            message: "invalid query".into(),
+            details: errors,
+        });
+    }
+    let query = ListQuery { status, topic: p.topic, worker_id: p.worker_id, after, limit };
+    let tasks = state.store.list(&query).await?;
+    let next_cursor = (tasks.len() == limit as usize)
+        .then(|| tasks.last().map(|t| format!("{}{CURSOR_SEP}{}", t.created_at.timestamp_millis(), t.task_id)))
+        .flatten();
+    let tasks: Vec<TaskView> = tasks.iter().map(|t| TaskView::new(t, state.settings.status_labels)).collect();
+    Ok(Json(TaskPage { count: tasks.len(), tasks, next_cursor }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct StatisticsView {
+    pub total_tasks: u64,
+    pub by_status: BTreeMap<String, u64>,
+    pub by_topic: BTreeMap<String, u64>,
+    pub by_worker: BTreeMap<String, u64>,
+    /// Mean duration of the last attempt of finished tasks.
+    pub average_processing_time_ms: Option<f64>,
+    /// succeeded / (succeeded + failed); null before any task finished.
+    pub success_rate: Option<f64>,
+}
+
+/// Counts by status, topic and worker; mean processing time; success rate.
+#[utoipa::path(get, path = "/tasks/statistics", tag = "tasks", responses((status = 200, body = StatisticsView)))]
+pub async fn statistics(State(state): State<AppState>) -> Result<Json<StatisticsView>, ApiError> {
+    let s = state.store.statistics().await?;
+    let labels = state.settings.status_labels;
+    let mut by_status = BTreeMap::new();
+    for (status, n) in &s.by_status {
+        *by_status.entry(labels.render(*status).to_owned()).or_insert(0) += n;
+    }
+    let count = |wanted: TaskStatus| s.by_status.iter().filter(|(st, _)| *st == wanted).map(|(_, n)| n).sum::<u64>();
+    let (ok, failed) = (count(TaskStatus::Succeeded), count(TaskStatus::Failed));
+    Ok(Json(StatisticsView {
+        total_tasks: s.total,
+        by_status,
+        by_topic: s.by_topic.into_iter().collect(),
+        by_worker: s.by_worker.into_iter().collect(),
+        average_processing_time_ms: s.average_processing_time_ms,
+        success_rate: (ok + failed > 0).then(|| ok as f64 / (ok + failed) as f64),
+    }))
+}

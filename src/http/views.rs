@@ -1,0 +1,131 @@
+//! Response bodies: how a stored task is shown. Status values render per `STATUS_LABELS`.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use crate::{
+    domain::StatusLabels,
+    store::{ReportState, TaskRecord},
+    topics::ProcessingStep,
+};
+
+fn iso(d: bson::DateTime) -> String {
+    d.to_chrono().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Timestamps {
+    pub created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+    pub last_updated: String,
+    /// When a retrying task runs again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StepView {
+    pub step: String,
+    pub status: String,
+    pub at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl From<&ProcessingStep> for StepView {
+    fn from(s: &ProcessingStep) -> Self {
+        Self {
+            step: s.step.clone(),
+            status: s.status.clone(),
+            at: s.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            detail: s.detail.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Metadata {
+    /// Retryable failures so far.
+    pub retries: u32,
+    pub max_attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    pub processing_steps: Vec<StepView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub processing_time_ms: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CamundaView {
+    pub report_state: ReportState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report_attempts: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_report_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reported_at: Option<String>,
+}
+
+/// `GET /tasks/{task_id}/status`, and each item of `GET /tasks`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskView {
+    pub task_id: String,
+    pub worker_id: String,
+    pub topic: String,
+    /// queued, processing, retrying, succeeded, failed, cancelled (or the seed's labels).
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub substatus: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+    /// Attempts started so far.
+    pub attempts: u32,
+    pub timestamps: Timestamps,
+    pub metadata: Metadata,
+    pub camunda: CamundaView,
+}
+
+impl TaskView {
+    pub fn new(t: &TaskRecord, labels: StatusLabels) -> Self {
+        Self {
+            task_id: t.task_id.clone(),
+            worker_id: t.worker_id.clone(),
+            topic: t.topic.clone(),
+            status: labels.render(t.status).to_owned(),
+            substatus: t.substatus.clone(),
+            result: t.result.clone(),
+            error_message: t.error_message.clone(),
+            attempts: t.attempts,
+            timestamps: Timestamps {
+                created_at: iso(t.created_at),
+                started_at: t.started_at.map(iso),
+                completed_at: t.completed_at.map(iso),
+                last_updated: iso(t.updated_at),
+                next_attempt_at: t.next_attempt_at.filter(|_| !t.status.is_final()).map(iso),
+            },
+            metadata: Metadata {
+                retries: t.retries,
+                max_attempts: t.max_attempts,
+                error_message: t.error_message.clone(),
+                error_code: t.error_code.clone(),
+                processing_steps: t.processing_steps.iter().map(StepView::from).collect(),
+                processing_time_ms: t.processing_time_ms,
+            },
+            camunda: CamundaView {
+                report_state: t.camunda.report_state,
+                report_attempts: t.camunda.report_attempts,
+                last_report_error: t.camunda.last_report_error.clone(),
+                reported_at: t.camunda.reported_at.map(iso),
+            },
+        }
+    }
+}

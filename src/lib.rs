@@ -1,0 +1,16 @@
+//! worker-api-gateway: a Camunda 7 external-task gateway. Tasks are stored durably in MongoDB,
+//! dispatched through RabbitMQ to the handler registered for their topic, retried with backoff,
+//! and inspectable over HTTP. `main.rs` only wires tracing, config and [`startup::Application`].
+
+pub mod broker;
+pub mod camunda;
+pub mod config;
+pub mod dispatch;
+pub mod domain;
+pub mod http;
+pub mod metrics;
+pub mod relay;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod topics;

@@ -1,0 +1,119 @@
+//! The relay makes the system self-healing, with MongoDB as the outbox: it publishes tasks whose
+//! publish was never confirmed and retries whose time has come (each task carries its own due
+//! time, so a 1 s retry never waits behind a 60 s one), and takes back expired processing leases.
+//! Safe with several replicas: a publish is taken by one conditional update before it is sent.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    broker::Broker,
+    metrics::Metrics,
+    store::{StoreError, TaskRecord, TaskStore},
+};
+
+/// How long a taken publish is held before another relay may try it again.
+pub const PUBLISH_HOLD: Duration = Duration::from_secs(10);
+
+pub fn publish_hold_until(now: DateTime<Utc>) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(PUBLISH_HOLD).unwrap_or_default()
+}
+
+/// Publishes one task whose publish this caller holds until `until`, and clears the debt once
+/// the broker confirms. Returns whether it was published.
+pub async fn publish_held(
+    store: &dyn TaskStore,
+    broker: &dyn Broker,
+    metrics: &Metrics,
+    task: &TaskRecord,
+    until: DateTime<Utc>,
+) -> bool {
+    let body = serde_json::json!({
+        "task_id": task.task_id,
+        "worker_id": task.worker_id,
+        "topic": task.topic,
+        "variables": task.variables,
+    });
+    let body = body.to_string();
+    match broker.publish(&task.topic, body.as_bytes(), task.attempts + 1).await {
+        Ok(()) => {
+            if let Err(error) = store.publish_confirmed(&task.task_id, until).await {
+                // Harmless: the relay publishes it again and the duplicate is skipped.
+                tracing::warn!(%error, task_id = %task.task_id, "publish confirmed but not recorded");
+            }
+            true
+        }
+        Err(error) => {
+            metrics.publish_failures.get_or_create(&Metrics::topic(&task.topic)).inc();
+            tracing::warn!(%error, task_id = %task.task_id, "publish not confirmed; the relay will retry");
+            false
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Relay {
+    pub store: Arc<dyn TaskStore>,
+    pub broker: Arc<dyn Broker>,
+    pub metrics: Metrics,
+    pub interval: Duration,
+}
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SweepReport {
+    pub leases_expired: u64,
+    pub published: u64,
+    pub publish_failed: u64,
+}
+
+impl Relay {
+    /// Sweeps every `interval` until cancelled.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match self.sweep_once().await {
+                Ok(report) if report != SweepReport::default() => tracing::debug!(?report, "relay sweep"),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "relay sweep failed"),
+            }
+        }
+    }
+
+    /// One pass: expired leases first (they become due publishes), then due publishes.
+    pub async fn sweep_once(&self) -> Result<SweepReport, StoreError> {
+        let mut report =
+            SweepReport { leases_expired: self.store.expire_leases(Utc::now()).await?, ..Default::default() };
+        if !self.broker.is_connected() {
+            return Ok(report);
+        }
+        loop {
+            let now = Utc::now();
+            let due = self.store.due_for_publish(now, 200).await?;
+            let batch = due.len();
+            for task in due {
+                let Some(seen) = task.publish_due_at.map(|d| d.to_chrono()) else { continue };
+                let until = publish_hold_until(now);
+                if !self.store.take_publish(&task.task_id, seen, until).await? {
+                    continue; // another replica took it
+                }
+                if publish_held(self.store.as_ref(), self.broker.as_ref(), &self.metrics, &task, until).await {
+                    report.published += 1;
+                } else {
+                    report.publish_failed += 1;
+                    return Ok(report); // the broker is struggling; try again next tick
+                }
+            }
+            if batch < 200 {
+                return Ok(report);
+            }
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Building and running the gateway: connect the store, load the topics, declare the broker,
+//! bind the listener (port 0 works, for tests), then serve until the stop token fires and shut
+//! down in order: stop accepting, stop consuming, let in-flight work finish, exit.
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    broker::{Broker, RabbitBroker, Topology, rabbit_consumers},
+    config::Settings,
+    dispatch::Dispatcher,
+    http::{AppState, router},
+    metrics::Metrics,
+    relay::Relay,
+    store::{MongoStore, TaskStore},
+    topics::{NativeDeps, NovaPublicacao, Registry, SpecDefaults},
+};
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    broker: RabbitBroker,
+    dispatcher: Dispatcher,
+    stop: CancellationToken,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        tracing::info!(
+            mongodb = %settings.mongodb.uri.redacted_uri(),
+            rabbitmq = %settings.rabbitmq.url.redacted_uri(),
+            exchange = %settings.rabbitmq.exchange,
+            mode = ?settings.mode,
+            "starting"
+        );
+        let store = MongoStore::connect(&settings.mongodb).await?;
+        store.ensure_indexes().await.map_err(|e| anyhow::anyhow!("MongoDB at MONGODB_URI: {e}"))?;
+        let http = reqwest::Client::builder().build()?;
+        let deps = NativeDeps { database: store.database().clone(), http };
+        let defaults = SpecDefaults { timeout: settings.task_timeout, max_attempts: settings.task_retry_limit };
+        let registry = Registry::load(&settings.topics_dir, defaults, &deps)?;
+        if registry.get("nova_publicacao").is_some() {
+            NovaPublicacao::new(store.database()).ensure_indexes().await?;
+        }
+        tracing::info!(topics = ?registry.names().collect::<Vec<_>>(), "topics loaded");
+
+        let topology =
+            Topology { exchange: settings.rabbitmq.exchange.clone(), delivery_limit: settings.rabbitmq.delivery_limit };
+        let broker =
+            RabbitBroker::new(settings.rabbitmq.url.clone(), topology, registry.names().map(str::to_owned).collect());
+        let metrics = Metrics::new();
+        let stop = CancellationToken::new();
+        let store: Arc<dyn TaskStore> = Arc::new(store);
+        let dispatcher =
+            Dispatcher::new(store.clone(), registry.clone(), metrics.clone(), settings.limits, stop.child_token());
+        let addr = SocketAddr::new(settings.host, settings.port);
+        let listener =
+            TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot bind {addr} (HOST/PORT): {e}"))?;
+        let state = AppState {
+            store,
+            broker: Arc::new(broker.clone()),
+            registry,
+            metrics,
+            settings: Arc::new(settings),
+            started: Instant::now(),
+        };
+        Ok(Self { listener, state, broker, dispatcher, stop })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Cancelling this token starts a graceful shutdown.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self { listener, state, broker, dispatcher, stop } = self;
+        let settings = state.settings.clone();
+        let consumers = if settings.mode.consumes() { rabbit_consumers(&state.registry) } else { Vec::new() };
+        let broker_task =
+            tokio::spawn(broker.run(consumers, Arc::new(dispatcher), stop.clone(), settings.shutdown_grace));
+        let relay = Relay {
+            store: state.store.clone(),
+            broker: state.broker.clone() as Arc<dyn Broker>,
+            metrics: state.metrics.clone(),
+            interval: settings.relay_interval,
+        };
+        let relay_task = tokio::spawn(relay.run(stop.clone()));
+        tracing::info!(port = listener.local_addr().map(|a| a.port()).unwrap_or(0), "listening");
+        let http_stop = stop.clone();
+        axum::serve(listener, router(state)).with_graceful_shutdown(async move { http_stop.cancelled().await }).await?;
+        // HTTP has stopped accepting; wait for consumers to drain and the relay to stop.
+        let _ = broker_task.await;
+        let _ = relay_task.await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

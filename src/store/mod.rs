@@ -1,0 +1,157 @@
+//! The task store: the source of truth. Every state change is one atomic conditional update whose
+//! filter carries the state the change expects, so racing writers cannot both win. The trait is
+//! about what the gateway needs, not about MongoDB, so a second backend can slot in.
+
+mod mongo;
+mod record;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+pub use mongo::{MongoStore, lease_for};
+pub use record::{CamundaLink, ReportState, TaskRecord, TaskSource};
+
+use crate::{
+    domain::{Submission, TaskStatus},
+    topics::ProcessingStep,
+};
+
+/// A store failure. `Unavailable` means "try again later" (503 at the HTTP edge).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store error: {0}")]
+    Other(String),
+}
+
+/// What `insert` found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InsertOutcome {
+    /// A new task was stored.
+    Created(Box<TaskRecord>),
+    /// The id existed with the same body: an idempotent resubmit.
+    Existing(Box<TaskRecord>),
+    /// The id existed with a different body.
+    Conflict(Box<TaskRecord>),
+}
+
+/// A new task as the store receives it.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub submission: Submission,
+    pub max_attempts: u32,
+    pub source: TaskSource,
+    pub camunda: CamundaLink,
+    /// When the relay may publish it if the submitter's own publish has not been confirmed by then.
+    pub publish_due_at: DateTime<Utc>,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttemptOutcome {
+    Succeeded {
+        result: Map<String, Value>,
+    },
+    /// Retryable failure with attempts left: run again at `next_attempt_at`.
+    Retry {
+        error: String,
+        next_attempt_at: DateTime<Utc>,
+    },
+    /// Final failure: business error (with its code) or attempts exhausted.
+    Failed {
+        error: String,
+        error_code: Option<String>,
+    },
+}
+
+/// Why a user-requested transition (cancel, retry) was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TransitionError {
+    #[error("task not found")]
+    NotFound,
+    #[error("task is {0:?}")]
+    WrongState(TaskStatus),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Filters and page for `GET /tasks`.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub status: Option<TaskStatus>,
+    pub topic: Option<String>,
+    pub worker_id: Option<String>,
+    /// Continue after this (created_at millis, task id).
+    pub after: Option<(i64, String)>,
+    pub limit: u32,
+}
+
+/// Counts for `GET /tasks/statistics`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Statistics {
+    pub total: u64,
+    pub by_status: Vec<(TaskStatus, u64)>,
+    pub by_topic: Vec<(String, u64)>,
+    pub by_worker: Vec<(String, u64)>,
+    pub average_processing_time_ms: Option<f64>,
+}
+
+#[async_trait]
+pub trait TaskStore: Send + Sync {
+    /// Cheap liveness check of the backend.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Stores a task unless its id exists; tells which happened.
+    async fn insert(&self, task: NewTask) -> Result<InsertOutcome, StoreError>;
+
+    async fn get(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError>;
+
+    /// Tasks whose publish is due (pending or a retry whose time has come), oldest first.
+    async fn due_for_publish(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// Moves a due publish from `seen` to `until` so no other relay publishes it meanwhile.
+    /// `false` if someone else got there first.
+    async fn take_publish(&self, task_id: &str, seen: DateTime<Utc>, until: DateTime<Utc>) -> Result<bool, StoreError>;
+
+    /// The broker confirmed the publish held until `until`: nothing more to publish.
+    async fn publish_confirmed(&self, task_id: &str, until: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// queued/retrying (and due) → processing for one more attempt, with a lease. `None` when the
+    /// task is not claimable (already claimed, final, cancelled, not yet due, or unknown).
+    async fn claim(&self, task_id: &str, lease_until: DateTime<Utc>) -> Result<Option<TaskRecord>, StoreError>;
+
+    /// Appends a processing step (and sets the substatus) while `attempt` still holds the task.
+    async fn record_progress(
+        &self,
+        task_id: &str,
+        attempt: u32,
+        substatus: Option<String>,
+        step: ProcessingStep,
+    ) -> Result<(), StoreError>;
+
+    /// Records how `attempt` ended (it ran `elapsed_ms`); `false` if the task no longer belongs
+    /// to that attempt.
+    async fn finish(
+        &self,
+        task_id: &str,
+        attempt: u32,
+        elapsed_ms: i64,
+        outcome: AttemptOutcome,
+    ) -> Result<bool, StoreError>;
+
+    /// Processing tasks whose lease ended before `now`: back to retrying (due now), or failed when
+    /// no attempts remain. Returns how many were moved.
+    async fn expire_leases(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// `DELETE /tasks/{id}`: queued/retrying → cancelled.
+    async fn cancel(&self, task_id: &str) -> Result<TaskRecord, TransitionError>;
+
+    /// `POST /tasks/{id}/retry`: failed/cancelled → queued, attempts reset, publish due now.
+    async fn manual_retry(&self, task_id: &str, publish_until: DateTime<Utc>) -> Result<TaskRecord, TransitionError>;
+
+    async fn list(&self, query: &ListQuery) -> Result<Vec<TaskRecord>, StoreError>;
+
+    async fn statistics(&self) -> Result<Statistics, StoreError>;
+}

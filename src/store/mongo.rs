@@ -1,0 +1,420 @@
+//! [`TaskStore`] on MongoDB (official driver). Each transition is one `findOneAndUpdate` or
+//! `updateOne` whose filter holds the expected state; no multi-document transactions. It must not
+//! log variables or URIs.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bson::{DateTime as BsonDate, Document, doc};
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use mongodb::{
+    Collection, Database, IndexModel,
+    error::{ErrorKind, WriteFailure},
+    options::{ClientOptions, IndexOptions, ReturnDocument},
+};
+
+use super::{
+    AttemptOutcome, InsertOutcome, ListQuery, NewTask, Statistics, StoreError, TaskRecord, TaskStore, TransitionError,
+};
+use crate::{
+    config::MongoSettings,
+    domain::{Event, TaskStatus},
+    topics::ProcessingStep,
+};
+
+/// Processing steps kept per task; a chatty handler must not grow a document without bound.
+const MAX_STEPS: i32 = 100;
+
+#[derive(Clone)]
+pub struct MongoStore {
+    tasks: Collection<TaskRecord>,
+    database: Database,
+}
+
+fn bdate(t: DateTime<Utc>) -> BsonDate {
+    BsonDate::from_chrono(t)
+}
+
+fn states(list: &[TaskStatus]) -> Vec<&'static str> {
+    list.iter().map(|s| s.as_str()).collect()
+}
+
+/// Maps a driver error: anything that says "the server is not reachable" becomes `Unavailable`.
+pub(crate) fn classify(e: mongodb::error::Error) -> StoreError {
+    match e.kind.as_ref() {
+        ErrorKind::ServerSelection { .. } | ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. } => {
+            StoreError::Unavailable(e.kind.to_string().chars().take(300).collect())
+        }
+        _ => StoreError::Other(e.to_string().chars().take(300).collect()),
+    }
+}
+
+fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
+        ErrorKind::Command(c) => c.code == 11000,
+        _ => false,
+    }
+}
+
+impl MongoStore {
+    /// Connects lazily (the driver dials on first use) with bounded timeouts so an unreachable
+    /// server answers within `settings.timeout` instead of the driver's 30 s default.
+    pub async fn connect(settings: &MongoSettings) -> Result<Self, StoreError> {
+        let mut options = ClientOptions::parse(settings.uri.expose())
+            .await
+            .map_err(|e| StoreError::Other(format!("MONGODB_URI is not a valid MongoDB URI: {}", e.kind)))?;
+        options.server_selection_timeout = Some(settings.timeout);
+        options.connect_timeout = Some(settings.timeout);
+        options.max_pool_size = Some(settings.max_pool_size);
+        options.app_name = Some("worker-api-gateway".into());
+        let client = mongodb::Client::with_options(options).map_err(classify)?;
+        Ok(Self::new(client.database(&settings.database)))
+    }
+
+    pub fn new(database: Database) -> Self {
+        Self { tasks: database.collection("tasks"), database }
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// Indexes serving the list filters (newest first), the statistics, and the relay's sweeps.
+    pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
+        let index = |keys: Document, name: &str| {
+            IndexModel::builder().keys(keys).options(IndexOptions::builder().name(name.to_owned()).build()).build()
+        };
+        let models = vec![
+            index(doc! {"created_at": -1, "_id": -1}, "created_desc"),
+            index(doc! {"status": 1, "created_at": -1, "_id": -1}, "status_created"),
+            index(doc! {"topic": 1, "created_at": -1, "_id": -1}, "topic_created"),
+            index(doc! {"worker_id": 1, "created_at": -1, "_id": -1}, "worker_created"),
+            index(doc! {"publish_due_at": 1}, "publish_due"),
+            index(doc! {"status": 1, "lease_until": 1}, "lease"),
+        ];
+        self.tasks.create_indexes(models).await.map_err(classify)?;
+        Ok(())
+    }
+
+    async fn transition(
+        &self,
+        task_id: &str,
+        event: Event,
+        extra_filter: Document,
+        update: Document,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        let t = event.transition();
+        let mut filter = doc! {"_id": task_id, "status": {"$in": states(t.from)}};
+        filter.extend(extra_filter);
+        let mut update = update;
+        let set = update.entry("$set".to_owned()).or_insert_with(|| doc! {}.into());
+        if let bson::Bson::Document(set) = set {
+            set.insert("status", t.to.as_str());
+            set.insert("updated_at", BsonDate::now());
+        }
+        self.tasks.find_one_and_update(filter, update).return_document(ReturnDocument::After).await.map_err(classify)
+    }
+
+    /// Explains a refused user transition: unknown id, or the state it is in.
+    async fn refusal(&self, task_id: &str) -> TransitionError {
+        match self.get(task_id).await {
+            Ok(Some(task)) => TransitionError::WrongState(task.status),
+            Ok(None) => TransitionError::NotFound,
+            Err(e) => TransitionError::Store(e),
+        }
+    }
+}
+
+#[async_trait]
+impl TaskStore for MongoStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.database.run_command(doc! {"ping": 1}).await.map(|_| ()).map_err(classify)
+    }
+
+    #[tracing::instrument(skip_all, fields(task_id = %task.submission.task_id))]
+    async fn insert(&self, task: NewTask) -> Result<InsertOutcome, StoreError> {
+        let now = BsonDate::now();
+        let s = &task.submission;
+        let record = TaskRecord {
+            task_id: s.task_id.to_string(),
+            worker_id: s.worker_id.to_string(),
+            topic: s.topic.to_string(),
+            variables: s.variables.clone(),
+            fingerprint: s.fingerprint(),
+            source: task.source,
+            status: TaskStatus::Queued,
+            substatus: None,
+            attempts: 0,
+            max_attempts: task.max_attempts,
+            result: None,
+            error_message: None,
+            error_code: None,
+            retries: 0,
+            processing_steps: Vec::new(),
+            processing_time_ms: None,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            completed_at: None,
+            lease_until: None,
+            next_attempt_at: None,
+            publish_due_at: Some(bdate(task.publish_due_at)),
+            camunda: task.camunda,
+        };
+        match self.tasks.insert_one(&record).await {
+            Ok(_) => Ok(InsertOutcome::Created(Box::new(record))),
+            Err(e) if is_duplicate_key(&e) => {
+                let existing = self
+                    .get(&record.task_id)
+                    .await?
+                    .ok_or_else(|| StoreError::Other("duplicate key, yet no task with that id".into()))?;
+                if existing.fingerprint == record.fingerprint {
+                    Ok(InsertOutcome::Existing(Box::new(existing)))
+                } else {
+                    Ok(InsertOutcome::Conflict(Box::new(existing)))
+                }
+            }
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    async fn get(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        self.tasks.find_one(doc! {"_id": task_id}).await.map_err(classify)
+    }
+
+    async fn due_for_publish(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<TaskRecord>, StoreError> {
+        self.tasks
+            .find(doc! {"publish_due_at": {"$lte": bdate(now)}})
+            .sort(doc! {"publish_due_at": 1})
+            .limit(i64::from(limit))
+            .await
+            .map_err(classify)?
+            .try_collect()
+            .await
+            .map_err(classify)
+    }
+
+    async fn take_publish(&self, task_id: &str, seen: DateTime<Utc>, until: DateTime<Utc>) -> Result<bool, StoreError> {
+        let r = self
+            .tasks
+            .update_one(
+                doc! {"_id": task_id, "publish_due_at": bdate(seen)},
+                doc! {"$set": {"publish_due_at": bdate(until)}},
+            )
+            .await
+            .map_err(classify)?;
+        Ok(r.modified_count == 1)
+    }
+
+    async fn publish_confirmed(&self, task_id: &str, until: DateTime<Utc>) -> Result<(), StoreError> {
+        self.tasks
+            .update_one(doc! {"_id": task_id, "publish_due_at": bdate(until)}, doc! {"$unset": {"publish_due_at": ""}})
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(task_id))]
+    async fn claim(&self, task_id: &str, lease_until: DateTime<Utc>) -> Result<Option<TaskRecord>, StoreError> {
+        let now = BsonDate::now();
+        let due = doc! {"$or": [{"next_attempt_at": null}, {"next_attempt_at": {"$lte": now}}]};
+        let update = doc! {
+            "$set": {"lease_until": bdate(lease_until), "started_at": now, "substatus": null},
+            "$inc": {"attempts": 1},
+        };
+        self.transition(task_id, Event::Claim, due, update).await
+    }
+
+    async fn record_progress(
+        &self,
+        task_id: &str,
+        attempt: u32,
+        substatus: Option<String>,
+        step: ProcessingStep,
+    ) -> Result<(), StoreError> {
+        let step = bson::to_bson(&step).map_err(|e| StoreError::Other(e.to_string()))?;
+        let mut set = doc! {"updated_at": BsonDate::now()};
+        if let Some(sub) = substatus {
+            set.insert("substatus", sub);
+        }
+        self.tasks
+            .update_one(
+                doc! {"_id": task_id, "status": "processing", "attempts": attempt},
+                doc! {"$set": set, "$push": {"processing_steps": {"$each": [step], "$slice": -MAX_STEPS}}},
+            )
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(task_id, attempt))]
+    async fn finish(
+        &self,
+        task_id: &str,
+        attempt: u32,
+        elapsed_ms: i64,
+        outcome: AttemptOutcome,
+    ) -> Result<bool, StoreError> {
+        let now = BsonDate::now();
+        let this_attempt = doc! {"attempts": attempt};
+        let (event, mut update) = match outcome {
+            AttemptOutcome::Succeeded { result } => {
+                let result = bson::to_bson(&result).map_err(|e| StoreError::Other(e.to_string()))?;
+                (
+                    Event::Succeed,
+                    doc! {"$set": {"result": result, "completed_at": now, "substatus": null},
+                    "$unset": {"lease_until": "", "next_attempt_at": "", "error_message": "", "error_code": ""}},
+                )
+            }
+            AttemptOutcome::Retry { error, next_attempt_at } => (
+                Event::FailRetryable,
+                doc! {"$set": {"error_message": error, "next_attempt_at": bdate(next_attempt_at),
+                         "publish_due_at": bdate(next_attempt_at)},
+                "$inc": {"retries": 1},
+                "$unset": {"lease_until": ""}},
+            ),
+            AttemptOutcome::Failed { error, error_code } => (
+                Event::FailFinal,
+                doc! {"$set": {"error_message": error, "error_code": error_code, "completed_at": now},
+                "$unset": {"lease_until": "", "next_attempt_at": ""}},
+            ),
+        };
+        if let Ok(set) = update.get_document_mut("$set") {
+            set.insert("processing_time_ms", elapsed_ms);
+        }
+        Ok(self.transition(task_id, event, this_attempt, update).await?.is_some())
+    }
+
+    async fn expire_leases(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let expired: Vec<TaskRecord> = self
+            .tasks
+            .find(doc! {"status": "processing", "lease_until": {"$lte": bdate(now)}})
+            .limit(500)
+            .await
+            .map_err(classify)?
+            .try_collect()
+            .await
+            .map_err(classify)?;
+        let mut moved = 0;
+        for task in expired {
+            let this_attempt = doc! {"attempts": task.attempts, "lease_until": {"$lte": bdate(now)}};
+            let changed = if task.attempts >= task.max_attempts {
+                let update = doc! {"$set": {"error_message": "lease expired: the consumer stopped mid-attempt and no attempts remain",
+                         "completed_at": bdate(now)},
+                "$unset": {"lease_until": ""}};
+                self.transition(&task.task_id, Event::FailFinal, this_attempt, update).await?
+            } else {
+                let update = doc! {"$set": {"error_message": "lease expired: the consumer stopped mid-attempt",
+                         "next_attempt_at": bdate(now), "publish_due_at": bdate(now)},
+                "$inc": {"retries": 1},
+                "$unset": {"lease_until": ""}};
+                self.transition(&task.task_id, Event::LeaseExpired, this_attempt, update).await?
+            };
+            if changed.is_some() {
+                tracing::warn!(task_id = %task.task_id, attempt = task.attempts, "processing lease expired");
+                moved += 1;
+            }
+        }
+        Ok(moved)
+    }
+
+    async fn cancel(&self, task_id: &str) -> Result<TaskRecord, TransitionError> {
+        let update =
+            doc! {"$set": {"completed_at": BsonDate::now()}, "$unset": {"publish_due_at": "", "next_attempt_at": ""}};
+        match self.transition(task_id, Event::Cancel, doc! {}, update).await? {
+            Some(task) => Ok(task),
+            None => Err(self.refusal(task_id).await),
+        }
+    }
+
+    async fn manual_retry(&self, task_id: &str, publish_until: DateTime<Utc>) -> Result<TaskRecord, TransitionError> {
+        let update = doc! {
+            "$set": {"attempts": 0, "retries": 0, "publish_due_at": bdate(publish_until), "substatus": null},
+            "$unset": {"completed_at": "", "next_attempt_at": "", "error_message": "", "error_code": "",
+                       "result": "", "lease_until": ""},
+        };
+        match self.transition(task_id, Event::ManualRetry, doc! {}, update).await? {
+            Some(task) => Ok(task),
+            None => Err(self.refusal(task_id).await),
+        }
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Vec<TaskRecord>, StoreError> {
+        let mut filter = Document::new();
+        if let Some(status) = query.status {
+            filter.insert("status", status.as_str());
+        }
+        if let Some(topic) = &query.topic {
+            filter.insert("topic", topic.as_str());
+        }
+        if let Some(worker) = &query.worker_id {
+            filter.insert("worker_id", worker.as_str());
+        }
+        if let Some((millis, id)) = &query.after {
+            let at = BsonDate::from_millis(*millis);
+            filter.insert("$or", vec![doc! {"created_at": {"$lt": at}}, doc! {"created_at": at, "_id": {"$lt": id}}]);
+        }
+        self.tasks
+            .find(filter)
+            .sort(doc! {"created_at": -1, "_id": -1})
+            .limit(i64::from(query.limit))
+            .await
+            .map_err(classify)?
+            .try_collect()
+            .await
+            .map_err(classify)
+    }
+
+    async fn statistics(&self) -> Result<Statistics, StoreError> {
+        let raw = self.database.collection::<Document>("tasks");
+        let group = |field: &str| {
+            let raw = raw.clone();
+            let pipeline = vec![doc! {"$group": {"_id": format!("${field}"), "n": {"$sum": 1}}}];
+            async move {
+                let docs: Vec<Document> =
+                    raw.aggregate(pipeline).await.map_err(classify)?.try_collect().await.map_err(classify)?;
+                let mut out: Vec<(String, u64)> =
+                    docs.iter().filter_map(|d| Some((d.get_str("_id").ok()?.to_owned(), count(d.get("n")?)))).collect();
+                out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                Ok::<_, StoreError>(out)
+            }
+        };
+        let avg_pipeline = vec![
+            doc! {"$match": {"status": {"$in": ["succeeded", "failed"]}, "processing_time_ms": {"$ne": null}}},
+            doc! {"$group": {"_id": null, "avg": {"$avg": "$processing_time_ms"}}},
+        ];
+        let average = async {
+            let docs: Vec<Document> =
+                raw.aggregate(avg_pipeline).await.map_err(classify)?.try_collect().await.map_err(classify)?;
+            Ok::<_, StoreError>(docs.first().and_then(|d| d.get("avg")).and_then(bson::Bson::as_f64))
+        };
+        let (by_status, by_topic, by_worker, average) =
+            futures::try_join!(group("status"), group("topic"), group("worker_id"), average)?;
+        let by_status: Vec<(TaskStatus, u64)> =
+            by_status.into_iter().filter_map(|(s, n)| Some((TaskStatus::parse_label(&s)?, n))).collect();
+        Ok(Statistics {
+            total: by_status.iter().map(|(_, n)| n).sum(),
+            by_status,
+            by_topic,
+            by_worker,
+            average_processing_time_ms: average,
+        })
+    }
+}
+
+fn count(b: &bson::Bson) -> u64 {
+    match b {
+        bson::Bson::Int32(n) => u64::try_from(*n).unwrap_or(0),
+        bson::Bson::Int64(n) => u64::try_from(*n).unwrap_or(0),
+        bson::Bson::Double(n) => *n as u64,
+        _ => 0,
+    }
+}
+
+/// How long a claim may run before the relay presumes the consumer dead: the handler's timeout
+/// plus room for recording the outcome.
+pub fn lease_for(timeout: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(timeout + Duration::from_secs(30)).unwrap_or(chrono::Duration::hours(1))
+}

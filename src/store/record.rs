@@ -1,0 +1,96 @@
+//! The stored shape of a task. Field names are the MongoDB document's; timestamps are BSON dates
+//! so range queries and indexes work on them.
+
+use bson::DateTime as BsonDate;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::{domain::TaskStatus, topics::ProcessingStep};
+
+/// How the task reached the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskSource {
+    Http,
+    Amqp,
+    Camunda,
+}
+
+/// Delivery of the final outcome to Camunda.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportState {
+    /// No Camunda link: the worker reports itself.
+    NotApplicable,
+    Pending,
+    Reported,
+    ReportFailed,
+}
+
+/// The task's link to Camunda.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CamundaLink {
+    pub report_state: ReportState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_attempts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_report_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_at: Option<BsonDate>,
+}
+
+impl CamundaLink {
+    pub fn not_applicable() -> Self {
+        Self {
+            report_state: ReportState::NotApplicable,
+            report_attempts: None,
+            last_report_error: None,
+            reported_at: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    #[serde(rename = "_id")]
+    pub task_id: String,
+    pub worker_id: String,
+    pub topic: String,
+    #[serde(default)]
+    pub variables: Map<String, Value>,
+    /// Digest of worker, topic and variables: tells an idempotent resubmit from a conflict.
+    pub fingerprint: String,
+    pub source: TaskSource,
+    pub status: TaskStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub substatus: Option<String>,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    /// Retryable failures so far (the seed's `metadata.retries`).
+    #[serde(default)]
+    pub retries: u32,
+    #[serde(default)]
+    pub processing_steps: Vec<ProcessingStep>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processing_time_ms: Option<i64>,
+    pub created_at: BsonDate,
+    pub updated_at: BsonDate,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<BsonDate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<BsonDate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_until: Option<BsonDate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<BsonDate>,
+    /// Set while a publish is owed: the relay publishes once this time has passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_due_at: Option<BsonDate>,
+    pub camunda: CamundaLink,
+}

@@ -1,0 +1,111 @@
+//! The topic registry: built once at start-up from `topics/*.toml` plus the native handlers
+//! compiled in. It decides which topics exist and which code runs them; it does not run them
+//! (that is `dispatch`).
+
+mod handler;
+mod http_handler;
+mod nova_publicacao;
+mod say_hello;
+mod spec;
+
+use std::{collections::BTreeMap, path::Path, sync::Arc};
+
+pub use handler::{Handler, HandlerContext, HandlerError, MemoryProgress, ProcessingStep, ProgressSink, Variables};
+pub use http_handler::HttpHandler;
+pub use nova_publicacao::NovaPublicacao;
+pub use say_hello::SayHello;
+pub use spec::{HandlerKind, RetryPolicy, Source, SpecDefaults, SpecError, TopicSpec, VariableScope};
+
+/// A registered topic: its settings and the handler that runs it.
+#[derive(Clone)]
+pub struct Topic {
+    pub spec: TopicSpec,
+    pub handler: Arc<dyn Handler>,
+}
+
+/// What native handlers may need from the running gateway.
+pub struct NativeDeps {
+    pub database: mongodb::Database,
+    pub http: reqwest::Client,
+}
+
+/// Every topic this gateway serves, by name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    topics: BTreeMap<String, Topic>,
+}
+
+impl Registry {
+    /// Reads every `*.toml` in `dir`. A bad file, a duplicate name, or a native topic with no
+    /// compiled handler stops start-up.
+    pub fn load(dir: &Path, defaults: SpecDefaults, deps: &NativeDeps) -> Result<Self, SpecError> {
+        let dir_err = |message: String| SpecError { file: dir.display().to_string(), message };
+        let entries = std::fs::read_dir(dir).map_err(|e| dir_err(format!("cannot read topics folder: {e}")))?;
+        let mut paths: Vec<_> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        paths.sort();
+        let mut registry = Registry::default();
+        for path in paths {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| SpecError { file: path.display().to_string(), message: e.to_string() })?;
+            let spec = TopicSpec::parse(&path, &text, defaults)?;
+            let handler = build_handler(&spec, deps).ok_or_else(|| SpecError {
+                file: path.display().to_string(),
+                message: format!(
+                    "field `handler`: no native handler named {:?} (native: {})",
+                    spec.name,
+                    NATIVE.join(", ")
+                ),
+            })?;
+            registry.insert(Topic { spec, handler }).map_err(|name| SpecError {
+                file: path.display().to_string(),
+                message: format!("field `name`: topic {name:?} is defined twice"),
+            })?;
+        }
+        if registry.topics.is_empty() {
+            return Err(dir_err("no topic files (*.toml) found".into()));
+        }
+        Ok(registry)
+    }
+
+    /// Adds a topic; `Err(name)` if one of that name exists.
+    pub fn insert(&mut self, topic: Topic) -> Result<(), String> {
+        let name = topic.spec.name.clone();
+        if self.topics.contains_key(&name) {
+            return Err(name);
+        }
+        self.topics.insert(name, topic);
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Topic> {
+        self.topics.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.topics.keys().map(String::as_str)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Topic> {
+        self.topics.values()
+    }
+}
+
+const NATIVE: &[&str] = &["say_hello", "nova_publicacao"];
+
+fn build_handler(spec: &TopicSpec, deps: &NativeDeps) -> Option<Arc<dyn Handler>> {
+    match spec.handler {
+        HandlerKind::Http => {
+            let url = spec.url.clone()?;
+            Some(Arc::new(HttpHandler::new(deps.http.clone(), url, spec.timeout())))
+        }
+        HandlerKind::Native => match spec.name.as_str() {
+            "say_hello" => Some(Arc::new(SayHello)),
+            "nova_publicacao" => Some(Arc::new(NovaPublicacao::new(&deps.database))),
+            _ => None,
+        },
+    }
+}

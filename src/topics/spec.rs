@@ -1,0 +1,242 @@
+//! One topic file (`topics/<name>.toml`) parsed into a [`TopicSpec`]. Parsing names the file and
+//! the field on any mistake; unknown fields are mistakes too, so a typo never silently falls back
+//! to a default.
+
+use std::{path::Path, time::Duration};
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::TopicName;
+
+/// Which code runs a topic's tasks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HandlerKind {
+    /// Compiled into the gateway (`say_hello`, `nova_publicacao`).
+    Native,
+    /// POST the task to `url` and map the answer.
+    Http,
+}
+
+/// Where a topic's tasks come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// Workers submit them (HTTP or straight to the exchange).
+    #[default]
+    Push,
+    /// The gateway fetches and locks them at Camunda itself.
+    Camunda,
+}
+
+/// Where result variables land at Camunda.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VariableScope {
+    #[default]
+    Process,
+    Local,
+}
+
+/// Exponential backoff with jitter between attempts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (default `TASK_RETRY_LIMIT`).
+    pub max_attempts: u32,
+    /// Delay before the second attempt, in milliseconds.
+    #[serde(default = "default_initial")]
+    pub initial_backoff_ms: u64,
+    /// Upper bound of any delay, in milliseconds.
+    #[serde(default = "default_max")]
+    pub max_backoff_ms: u64,
+    /// Growth factor per attempt.
+    #[serde(default = "default_multiplier")]
+    pub multiplier: f64,
+}
+
+fn default_initial() -> u64 {
+    1_000
+}
+fn default_max() -> u64 {
+    60_000
+}
+fn default_multiplier() -> f64 {
+    2.0
+}
+
+impl RetryPolicy {
+    /// Delay before the attempt after `failed_attempt` (1-based): the exponential value, with the
+    /// upper half jittered so that a burst of failures does not retry in lock step.
+    pub fn backoff(&self, failed_attempt: u32) -> Duration {
+        let exp = self.multiplier.powi(failed_attempt.saturating_sub(1).min(63) as i32);
+        let base = ((self.initial_backoff_ms as f64) * exp).min(self.max_backoff_ms as f64).max(0.0);
+        let jittered = base / 2.0 + rand::rng().random_range(0.0..=base / 2.0);
+        Duration::from_millis(jittered as u64)
+    }
+}
+
+/// Everything the gateway knows about one topic.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct TopicSpec {
+    pub name: String,
+    pub description: String,
+    pub handler: HandlerKind,
+    /// Target of an `http` handler.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Handler timeout in seconds.
+    pub timeout_seconds: u64,
+    pub retry: RetryPolicy,
+    /// Messages in flight at once for this topic (the consumer's prefetch).
+    pub concurrency: u16,
+    /// Variables that must be present in a submission.
+    pub required_variables: Vec<String>,
+    pub source: Source,
+    pub variable_scope: VariableScope,
+}
+
+impl TopicSpec {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_seconds)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopicFile {
+    name: Option<String>,
+    #[serde(default)]
+    description: String,
+    handler: HandlerKind,
+    url: Option<String>,
+    timeout_seconds: Option<u64>,
+    retry: Option<RetryFile>,
+    concurrency: Option<u16>,
+    #[serde(default)]
+    required_variables: Vec<String>,
+    #[serde(default)]
+    source: Source,
+    #[serde(default)]
+    variable_scope: VariableScope,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryFile {
+    max_attempts: Option<u32>,
+    initial_backoff_ms: Option<u64>,
+    max_backoff_ms: Option<u64>,
+    multiplier: Option<f64>,
+}
+
+/// Defaults a topic file falls back to (from `TASK_TIMEOUT`, `TASK_RETRY_LIMIT`).
+#[derive(Debug, Clone, Copy)]
+pub struct SpecDefaults {
+    pub timeout: Duration,
+    pub max_attempts: u32,
+}
+
+/// A topic file that cannot be used; the message names the file and the field.
+#[derive(Debug, thiserror::Error)]
+#[error("topic file {file}: {message}")]
+pub struct SpecError {
+    pub file: String,
+    pub message: String,
+}
+
+impl TopicSpec {
+    /// Parses one file's text. `stem` (the file name without `.toml`) is the topic unless `name` says otherwise.
+    pub fn parse(path: &Path, text: &str, defaults: SpecDefaults) -> Result<Self, SpecError> {
+        let err = |message: String| SpecError { file: path.display().to_string(), message };
+        let file: TopicFile = toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_owned()))?;
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        let name = file.name.unwrap_or_else(|| stem.to_owned());
+        TopicName::parse(&name, 64).map_err(|e| err(format!("field `name` ({name:?}) {e}")))?;
+        match (&file.handler, &file.url) {
+            (HandlerKind::Http, None) => return Err(err("field `url` is required when handler = \"http\"".into())),
+            (HandlerKind::Http, Some(url)) => {
+                let parsed = url::Url::parse(url).map_err(|e| err(format!("field `url`: {e}")))?;
+                if !matches!(parsed.scheme(), "http" | "https") {
+                    return Err(err("field `url` must be http or https".into()));
+                }
+            }
+            (HandlerKind::Native, Some(_)) => return Err(err("field `url` is only for handler = \"http\"".into())),
+            (HandlerKind::Native, None) => {}
+        }
+        let retry = file.retry.unwrap_or(RetryFile {
+            max_attempts: None,
+            initial_backoff_ms: None,
+            max_backoff_ms: None,
+            multiplier: None,
+        });
+        let retry = RetryPolicy {
+            max_attempts: retry.max_attempts.unwrap_or(defaults.max_attempts),
+            initial_backoff_ms: retry.initial_backoff_ms.unwrap_or_else(default_initial),
+            max_backoff_ms: retry.max_backoff_ms.unwrap_or_else(default_max),
+            multiplier: retry.multiplier.unwrap_or_else(default_multiplier),
+        };
+        if retry.max_attempts == 0 {
+            return Err(err("field `retry.max_attempts` must be at least 1".into()));
+        }
+        if !(retry.multiplier >= 1.0 && retry.multiplier.is_finite()) {
+            return Err(err("field `retry.multiplier` must be a finite number >= 1".into()));
+        }
+        let timeout_seconds = file.timeout_seconds.unwrap_or(defaults.timeout.as_secs());
+        if timeout_seconds == 0 {
+            return Err(err("field `timeout_seconds` must be at least 1".into()));
+        }
+        let concurrency = file.concurrency.unwrap_or(8);
+        if concurrency == 0 {
+            return Err(err("field `concurrency` must be at least 1".into()));
+        }
+        Ok(TopicSpec {
+            name,
+            description: file.description,
+            handler: file.handler,
+            url: file.url,
+            timeout_seconds,
+            retry,
+            concurrency,
+            required_variables: file.required_variables,
+            source: file.source,
+            variable_scope: file.variable_scope,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: SpecDefaults = SpecDefaults { timeout: Duration::from_secs(300), max_attempts: 3 };
+
+    #[test]
+    fn a_minimal_file_takes_the_defaults() {
+        let spec = TopicSpec::parse(Path::new("topics/say_hello.toml"), "handler = \"native\"", D);
+        let spec = spec.expect("valid");
+        assert_eq!((spec.name.as_str(), spec.timeout_seconds, spec.retry.max_attempts), ("say_hello", 300, 3));
+    }
+
+    #[test]
+    fn mistakes_name_file_and_field() {
+        let e = TopicSpec::parse(Path::new("t/x.toml"), "handler = \"native\"\ntimeout_secs = 5", D);
+        let msg = e.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("t/x.toml") && msg.contains("timeout_secs"), "{msg}");
+        let e = TopicSpec::parse(Path::new("t/x.toml"), "handler = \"http\"", D);
+        assert!(e.err().map(|e| e.to_string()).unwrap_or_default().contains("`url`"));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = RetryPolicy { max_attempts: 5, initial_backoff_ms: 1000, max_backoff_ms: 5000, multiplier: 2.0 };
+        for _ in 0..50 {
+            let first = p.backoff(1).as_millis();
+            assert!((500..=1000).contains(&first), "{first}");
+            let third = p.backoff(3).as_millis();
+            assert!((2000..=4000).contains(&third), "{third}");
+            assert!(p.backoff(30).as_millis() <= 5000);
+        }
+    }
+}
