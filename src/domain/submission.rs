@@ -84,13 +84,13 @@ impl Submission {
     }
 
     /// A stable digest of everything but the id: equal digests mean an idempotent resubmit.
-    /// serde_json's map is ordered by key, so the serialisation is canonical.
+    /// Keys are sorted first: a dependency turns on serde_json's insertion-ordered maps.
     pub fn fingerprint(&self) -> String {
-        let canonical = serde_json::json!({
+        let canonical = sorted(&serde_json::json!({
             "worker_id": self.worker_id.as_str(),
             "topic": self.topic.as_str(),
             "variables": self.variables,
-        });
+        }));
         hex(&Sha256::digest(canonical.to_string().as_bytes()))
     }
 
@@ -102,6 +102,19 @@ impl Submission {
             "topic": self.topic.as_str(),
             "variables": self.variables,
         })
+    }
+}
+
+/// The same value with every object's keys in sorted order.
+fn sorted(v: &Value) -> Value {
+    match v {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sorted(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+        other => other.clone(),
     }
 }
 
@@ -221,10 +234,10 @@ mod tests {
     fn depth_count_and_length_limits_apply() {
         let limits = Limits { max_id_length: 8, max_variables: 2, max_depth: 2, max_string_length: 4 };
         let body = json!({"task_id": "t", "worker_id": "w", "topic": "x",
-            "variables": {"a": "12345", "b": {"c": {"d": 1}}, "e": 1}});
+            "variables": {"a": "12345", "b": {"c": {"d": {"e": 1}}}, "e": 1}});
         let errs = Submission::parse(&body, &limits).err().unwrap_or_default();
         let msgs: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(msgs, ["variables", "variables.a", "variables.b.c"]);
+        assert_eq!(msgs, ["variables", "variables.a", "variables.b.c.d"]);
     }
 
     #[test]

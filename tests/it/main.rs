@@ -1,0 +1,7 @@
+//! All integration tests, one binary (faster to build and link). Each test spawns its own
+//! gateway against the real RabbitMQ and MongoDB-wire servers.
+
+mod api;
+mod bad_input;
+mod helpers;
+mod lifecycle;
