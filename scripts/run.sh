@@ -12,4 +12,7 @@ bash scripts/services.sh up
 # shellcheck source=/dev/null
 source .services/env
 
-exec cargo run --release -- "$@"
+# People read this output; containers keep the JSON default.
+export LOG_FORMAT="${LOG_FORMAT:-pretty}"
+
+exec cargo run --release --bin worker-api-gateway -- "$@"
