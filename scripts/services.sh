@@ -357,23 +357,18 @@ secantus_down() {
 }
 
 # ============================================================================
-# Camunda — PLACEHOLDER, not implemented yet.
-#
-# Whoever adds the Camunda engine: fill in these four functions. They are
-# already called from `up`, `down` and the env-file writer, so nothing else in
-# this script needs to change. Keep state under $SERVICES_DIR (e.g.
-# $SERVICES_DIR/camunda/), make camunda_up idempotent and bounded (poll until
-# the engine answers, with a timeout), and print env lines such as
-#   export CAMUNDA_URL=http://127.0.0.1:8080/engine-rest
-# from camunda_env. (scripts/camunda-engine.sh, written alongside, has `up`,
-# `down` and writes .services/camunda.env: calling it from here is likely all
-# that is needed.)
+# Camunda 7.24 test engine (tests/camunda-engine/, built with Maven and started
+# by scripts/camunda-engine.sh, which is idempotent and waits until the REST API
+# answers). Tests read CAMUNDA_TEST_URL; the gateway itself only talks to
+# Camunda when CAMUNDA_URL is set.
 # ============================================================================
 
-camunda_install() { :; }
-camunda_up() { camunda_install; }
-camunda_down() { :; }
-camunda_env() { :; } # print `export NAME=value` lines for .services/env
+camunda_up() { bash "$REPO/scripts/camunda-engine.sh" up; }
+camunda_down() { bash "$REPO/scripts/camunda-engine.sh" down || true; }
+camunda_env() {
+    [ -f "$SERVICES_DIR/camunda.env" ] && grep '^export ' "$SERVICES_DIR/camunda.env"
+    return 0
+}
 
 # ============================================================================
 # Env file and commands

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     broker::{DeliveryHandler, Disposition},
+    camunda::Reporter,
     domain::{Limits, Submission},
     metrics::{Metrics, OutcomeLabels},
     store::{
@@ -42,6 +43,8 @@ pub struct Dispatcher {
     metrics: Metrics,
     limits: Limits,
     cancel: CancellationToken,
+    /// Report mode: outcomes go to Camunda.
+    reporter: Option<Reporter>,
 }
 
 impl Dispatcher {
@@ -52,7 +55,13 @@ impl Dispatcher {
         limits: Limits,
         cancel: CancellationToken,
     ) -> Self {
-        Self { store, registry, metrics, limits, cancel }
+        Self { store, registry, metrics, limits, cancel, reporter: None }
+    }
+
+    /// Report mode: each final outcome (and each retryable failure) is reported to Camunda.
+    pub fn with_reporter(mut self, reporter: Reporter) -> Self {
+        self.reporter = Some(reporter);
+        self
     }
 
     /// Retries a store call while the store is unreachable, until shutdown. Processing pauses
@@ -131,7 +140,7 @@ impl Dispatcher {
             submission: submission.clone(),
             max_attempts: topic.spec.retry.max_attempts,
             source: TaskSource::Amqp,
-            camunda: CamundaLink::not_applicable(),
+            camunda: if self.reporter.is_some() { CamundaLink::pending() } else { CamundaLink::not_applicable() },
             // The message in hand is the publish; the relay only steps in if it is lost.
             publish_due_at: Utc::now() + lease_for(topic.spec.timeout()),
         };
@@ -189,14 +198,15 @@ impl Dispatcher {
         in_flight.dec();
         self.metrics.handler_duration.get_or_create(&label).observe(elapsed.as_secs_f64());
 
+        let mut next_attempt_in = Duration::ZERO;
         let (outcome, processed) = match result {
             Ok(result) => (AttemptOutcome::Succeeded { result }, Processed::Succeeded),
             Err(HandlerError::Business { code, message }) => {
                 (AttemptOutcome::Failed { error: message, error_code: Some(code) }, Processed::Failed)
             }
             Err(HandlerError::Retryable { message }) if attempt < task.max_attempts => {
-                let next_attempt_at =
-                    Utc::now() + chrono::Duration::from_std(topic.spec.retry.backoff(attempt)).unwrap_or_default();
+                next_attempt_in = topic.spec.retry.backoff(attempt);
+                let next_attempt_at = Utc::now() + chrono::Duration::from_std(next_attempt_in).unwrap_or_default();
                 (AttemptOutcome::Retry { error: message, next_attempt_at }, Processed::Retrying)
             }
             Err(HandlerError::Retryable { message }) => (
@@ -214,7 +224,8 @@ impl Dispatcher {
         };
         let elapsed_ms = i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX);
         match self.patiently(|| self.store.finish(&task.task_id, attempt, elapsed_ms, outcome.clone())).await {
-            Some(Ok(true)) => {
+            Some(Ok(Some(recorded))) => {
+                self.report(recorded, next_attempt_in, topic);
                 self.metrics
                     .outcomes
                     .get_or_create(&OutcomeLabels { topic: task.topic.clone(), outcome: outcome_name.into() })
@@ -222,7 +233,7 @@ impl Dispatcher {
                 tracing::info!(attempt, outcome = outcome_name, elapsed_ms, "attempt finished");
                 processed
             }
-            Some(Ok(false)) => {
+            Some(Ok(None)) => {
                 // The lease expired and the task moved on; this attempt's result is void.
                 tracing::warn!(attempt, "attempt finished after its lease was taken back; result dropped");
                 Processed::Skipped
@@ -233,6 +244,28 @@ impl Dispatcher {
             }
             None => Processed::Interrupted,
         }
+    }
+}
+
+impl Dispatcher {
+    /// Hands a recorded outcome to the reporter, off the consumer's path: the ack need not wait
+    /// for Camunda, and a report lost here is sent by the relay's sweep.
+    fn report(&self, task: TaskRecord, next_attempt_in: Duration, topic: &Topic) {
+        let Some(reporter) = self.reporter.clone() else { return };
+        if !task.camunda.linked {
+            return;
+        }
+        let timeout = topic.spec.timeout();
+        tokio::spawn(async move {
+            if task.status.is_final() {
+                if let Err(error) = reporter.report(&task).await {
+                    tracing::warn!(%error, task_id = %task.task_id, "report deferred to the relay");
+                }
+            } else if task.status == crate::domain::TaskStatus::Retrying {
+                let left = task.max_attempts.saturating_sub(task.attempts);
+                reporter.report_retry(&task, left, next_attempt_in, timeout).await;
+            }
+        });
     }
 }
 

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     broker::Broker,
+    camunda::Reporter,
     metrics::Metrics,
     store::{StoreError, TaskRecord, TaskStore},
 };
@@ -59,6 +60,8 @@ pub struct Relay {
     pub broker: Arc<dyn Broker>,
     pub metrics: Metrics,
     pub interval: Duration,
+    /// Report mode: owed Camunda reports are swept too.
+    pub reporter: Option<Reporter>,
 }
 
 /// What one sweep did.
@@ -67,6 +70,7 @@ pub struct SweepReport {
     pub leases_expired: u64,
     pub published: u64,
     pub publish_failed: u64,
+    pub reports_sent: u64,
 }
 
 impl Relay {
@@ -91,6 +95,9 @@ impl Relay {
     pub async fn sweep_once(&self) -> Result<SweepReport, StoreError> {
         let mut report =
             SweepReport { leases_expired: self.store.expire_leases(Utc::now()).await?, ..Default::default() };
+        if let Some(reporter) = &self.reporter {
+            report.reports_sent = reporter.sweep().await?;
+        }
         if !self.broker.is_connected() {
             return Ok(report);
         }

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     broker::{Broker, RabbitBroker, Topology, rabbit_consumers},
+    camunda::{CamundaClient, Poller, Reporter},
     config::Settings,
     dispatch::Dispatcher,
     http::{AppState, router},
@@ -23,6 +24,7 @@ pub struct Application {
     state: AppState,
     broker: RabbitBroker,
     dispatcher: Dispatcher,
+    reporter: Option<Reporter>,
     stop: CancellationToken,
 }
 
@@ -53,8 +55,19 @@ impl Application {
         let metrics = Metrics::new();
         let stop = CancellationToken::new();
         let store: Arc<dyn TaskStore> = Arc::new(store);
-        let dispatcher =
+        let mut dispatcher =
             Dispatcher::new(store.clone(), registry.clone(), metrics.clone(), settings.limits, stop.child_token());
+        let camunda = match &settings.camunda {
+            Some(c) => {
+                tracing::info!(camunda = %c.url, "report mode: outcomes are reported to Camunda");
+                Some(CamundaClient::new(c)?)
+            }
+            None => None,
+        };
+        let reporter = camunda.clone().map(|client| Reporter::new(client, store.clone(), registry.clone()));
+        if let Some(reporter) = &reporter {
+            dispatcher = dispatcher.with_reporter(reporter.clone());
+        }
         let addr = SocketAddr::new(settings.host, settings.port);
         let listener =
             TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot bind {addr} (HOST/PORT): {e}"))?;
@@ -65,8 +78,9 @@ impl Application {
             metrics,
             settings: Arc::new(settings),
             started: Instant::now(),
+            camunda,
         };
-        Ok(Self { listener, state, broker, dispatcher, stop })
+        Ok(Self { listener, state, broker, dispatcher, reporter, stop })
     }
 
     pub fn port(&self) -> u16 {
@@ -83,7 +97,7 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let Self { listener, state, broker, dispatcher, stop } = self;
+        let Self { listener, state, broker, dispatcher, reporter, stop } = self;
         let settings = state.settings.clone();
         let consumers = if settings.mode.consumes() { rabbit_consumers(&state.registry) } else { Vec::new() };
         let broker_task =
@@ -93,12 +107,32 @@ impl Application {
             broker: state.broker.clone() as Arc<dyn Broker>,
             metrics: state.metrics.clone(),
             interval: settings.relay_interval,
+            reporter,
         };
         let relay_task = tokio::spawn(relay.run(stop.clone()));
+        let poller_task = match (&state.camunda, &settings.camunda, settings.mode.consumes()) {
+            (Some(client), Some(c), true) => Some(tokio::spawn(
+                Poller {
+                    client: client.clone(),
+                    store: state.store.clone(),
+                    broker: state.broker.clone(),
+                    metrics: state.metrics.clone(),
+                    registry: state.registry.clone(),
+                    limits: settings.limits,
+                    worker_id: c.worker_id.clone(),
+                }
+                .run(stop.clone()),
+            )),
+            _ => None,
+        };
         tracing::info!(port = listener.local_addr().map(|a| a.port()).unwrap_or(0), "listening");
         let http_stop = stop.clone();
         axum::serve(listener, router(state)).with_graceful_shutdown(async move { http_stop.cancelled().await }).await?;
-        // HTTP has stopped accepting; wait for consumers to drain and the relay to stop.
+        // HTTP has stopped accepting; the poller unlocks what never started, consumers drain,
+        // the relay stops.
+        if let Some(poller) = poller_task {
+            let _ = poller.await;
+        }
         let _ = broker_task.await;
         let _ = relay_task.await;
         tracing::info!("stopped");

@@ -1,3 +1,12 @@
-//! Camunda 7 integration (REST client, typed variables, reporter, pull-mode poller). This module
-//! is the seam the dispatcher and relay call into; until it is filled, tasks carry the report
-//! state `not_applicable` and workers report to Camunda themselves (the seed's flow).
+//! Camunda 7 integration: the REST client, typed-variable conversion, the reporter that delivers
+//! final outcomes exactly once (report mode, `CAMUNDA_URL` set), and the pull-mode poller. Without
+//! `CAMUNDA_URL` nothing here runs and workers report to Camunda themselves (the seed's flow).
+
+mod client;
+mod poller;
+mod reporter;
+pub mod variables;
+
+pub use client::{CamundaClient, CamundaError, ExternalTaskInfo, LockedTask};
+pub use poller::Poller;
+pub use reporter::Reporter;

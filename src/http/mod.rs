@@ -15,7 +15,9 @@ use utoipa_swagger_ui::SwaggerUi;
 pub use error::{ApiError, ErrorBody};
 pub use views::TaskView;
 
-use crate::{broker::Broker, config::Settings, metrics::Metrics, store::TaskStore, topics::Registry};
+use crate::{
+    broker::Broker, camunda::CamundaClient, config::Settings, metrics::Metrics, store::TaskStore, topics::Registry,
+};
 
 /// Cheap handles shared by every request.
 #[derive(Clone)]
@@ -26,6 +28,8 @@ pub struct AppState {
     pub metrics: Metrics,
     pub settings: Arc<Settings>,
     pub started: Instant,
+    /// Set in report mode (`CAMUNDA_URL`).
+    pub camunda: Option<CamundaClient>,
 }
 
 #[derive(OpenApi)]

@@ -39,7 +39,8 @@ pub async fn root() -> Json<RootView> {
 
 #[derive(Serialize, ToSchema)]
 pub struct HealthView {
-    /// healthy, degraded (RabbitMQ down: tasks are still accepted) or unhealthy (MongoDB down).
+    /// healthy, degraded (RabbitMQ or Camunda down: tasks are still accepted) or unhealthy
+    /// (MongoDB down).
     pub status: &'static str,
     pub mongodb: &'static str,
     pub rabbitmq: &'static str,
@@ -63,7 +64,11 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     // Bounded so a hung store cannot hang the health check.
     let mongo = matches!(tokio::time::timeout(Duration::from_secs(3), state.store.ping()).await, Ok(Ok(())));
     let rabbit = state.broker.is_connected();
-    let status = match (mongo, rabbit) {
+    let camunda = match &state.camunda {
+        Some(client) => Some(word(client.ping().await)),
+        None => None,
+    };
+    let status = match (mongo, rabbit && camunda != Some("unhealthy")) {
         (true, true) => "healthy",
         (true, false) => "degraded",
         (false, _) => "unhealthy",
@@ -72,7 +77,7 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
         status,
         mongodb: word(mongo),
         rabbitmq: word(rabbit),
-        camunda: None,
+        camunda,
         timestamp: now_utc(),
         version: env!("CARGO_PKG_VERSION"),
         uptime_s: state.started.elapsed().as_secs(),

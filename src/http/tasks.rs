@@ -126,7 +126,7 @@ pub async fn submit(
         submission: submission.clone(),
         max_attempts: topic.spec.retry.max_attempts,
         source: TaskSource::Http,
-        camunda: CamundaLink::not_applicable(),
+        camunda: if state.camunda.is_some() { CamundaLink::pending() } else { CamundaLink::not_applicable() },
         publish_due_at: hold,
     };
     let task_id = submission.task_id.to_string();

@@ -3,6 +3,7 @@
 //! about what the gateway needs, not about MongoDB, so a second backend can slot in.
 
 mod mongo;
+mod mongo_camunda;
 mod record;
 
 use async_trait::async_trait;
@@ -63,6 +64,21 @@ pub enum AttemptOutcome {
     Failed {
         error: String,
         error_code: Option<String>,
+    },
+}
+
+/// What became of one attempt to report a final outcome to Camunda.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReportOutcome {
+    Reported,
+    /// Final: Camunda refused (404/400) or the reporter gave up.
+    Failed {
+        error: String,
+    },
+    /// Camunda unreachable: try again at `at`.
+    Retry {
+        error: String,
+        at: DateTime<Utc>,
     },
 }
 
@@ -131,15 +147,15 @@ pub trait TaskStore: Send + Sync {
         step: ProcessingStep,
     ) -> Result<(), StoreError>;
 
-    /// Records how `attempt` ended (it ran `elapsed_ms`); `false` if the task no longer belongs
-    /// to that attempt.
+    /// Records how `attempt` ended (it ran `elapsed_ms`): the updated task, or `None` if the
+    /// task no longer belongs to that attempt.
     async fn finish(
         &self,
         task_id: &str,
         attempt: u32,
         elapsed_ms: i64,
         outcome: AttemptOutcome,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Option<TaskRecord>, StoreError>;
 
     /// Processing tasks whose lease ended before `now`: back to retrying (due now), or failed when
     /// no attempts remain. Returns how many were moved.
@@ -150,6 +166,26 @@ pub trait TaskStore: Send + Sync {
 
     /// `POST /tasks/{id}/retry`: failed/cancelled → queued, attempts reset, publish due now.
     async fn manual_retry(&self, task_id: &str, publish_until: DateTime<Utc>) -> Result<TaskRecord, TransitionError>;
+
+    /// Final tasks whose Camunda report is owed and due, oldest first.
+    async fn due_reports(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// Moves a due report from `seen` to `until` so no other reporter sends it meanwhile.
+    async fn take_report(&self, task_id: &str, seen: DateTime<Utc>, until: DateTime<Utc>) -> Result<bool, StoreError>;
+
+    /// Records what became of a report attempt.
+    async fn record_report(&self, task_id: &str, outcome: ReportOutcome) -> Result<(), StoreError>;
+
+    /// Tasks from `source` not yet final (pull mode's capacity check).
+    async fn count_unfinished(&self, source: TaskSource) -> Result<u64, StoreError>;
+
+    /// Pulled, unfinished tasks whose Camunda lock runs out before `before`.
+    async fn locks_expiring(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<TaskRecord>, StoreError>;
+
+    async fn set_lock_expiry(&self, task_id: &str, at: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Queued tasks from `source` that no attempt has started.
+    async fn unstarted(&self, source: TaskSource, limit: u32) -> Result<Vec<TaskRecord>, StoreError>;
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<TaskRecord>, StoreError>;
 

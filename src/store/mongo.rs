@@ -15,7 +15,8 @@ use mongodb::{
 };
 
 use super::{
-    AttemptOutcome, InsertOutcome, ListQuery, NewTask, Statistics, StoreError, TaskRecord, TaskStore, TransitionError,
+    AttemptOutcome, InsertOutcome, ListQuery, NewTask, ReportOutcome, Statistics, StoreError, TaskRecord, TaskSource,
+    TaskStore, TransitionError,
 };
 use crate::{
     config::MongoSettings,
@@ -81,6 +82,10 @@ impl MongoStore {
         &self.database
     }
 
+    pub(super) fn tasks(&self) -> &Collection<TaskRecord> {
+        &self.tasks
+    }
+
     /// Indexes serving the list filters (newest first), the statistics, and the relay's sweeps.
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
         let index = |keys: Document, name: &str| {
@@ -93,6 +98,8 @@ impl MongoStore {
             index(doc! {"worker_id": 1, "created_at": -1, "_id": -1}, "worker_created"),
             index(doc! {"publish_due_at": 1}, "publish_due"),
             index(doc! {"status": 1, "lease_until": 1}, "lease"),
+            index(doc! {"camunda.report_state": 1, "camunda.report_due_at": 1}, "report_due"),
+            index(doc! {"source": 1, "status": 1}, "source_status"),
         ];
         self.tasks.create_indexes(models).await.map_err(classify)?;
         Ok(())
@@ -256,7 +263,7 @@ impl TaskStore for MongoStore {
         attempt: u32,
         elapsed_ms: i64,
         outcome: AttemptOutcome,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<TaskRecord>, StoreError> {
         let now = BsonDate::now();
         let this_attempt = doc! {"attempts": attempt};
         let (event, mut update) = match outcome {
@@ -264,7 +271,7 @@ impl TaskStore for MongoStore {
                 let result = bson::to_bson(&result).map_err(|e| StoreError::Other(e.to_string()))?;
                 (
                     Event::Succeed,
-                    doc! {"$set": {"result": result, "completed_at": now, "substatus": null},
+                    doc! {"$set": {"result": result, "completed_at": now, "substatus": null, "camunda.report_due_at": now},
                     "$unset": {"lease_until": "", "next_attempt_at": "", "error_message": "", "error_code": ""}},
                 )
             }
@@ -284,7 +291,7 @@ impl TaskStore for MongoStore {
         if let Ok(set) = update.get_document_mut("$set") {
             set.insert("processing_time_ms", elapsed_ms);
         }
-        Ok(self.transition(task_id, event, this_attempt, update).await?.is_some())
+        self.transition(task_id, event, this_attempt, update).await
     }
 
     async fn expire_leases(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
@@ -336,9 +343,52 @@ impl TaskStore for MongoStore {
                        "result": "", "lease_until": ""},
         };
         match self.transition(task_id, Event::ManualRetry, doc! {}, update).await? {
-            Some(task) => Ok(task),
+            Some(mut task) => {
+                if task.camunda.linked {
+                    // A new run owes Camunda a new report.
+                    self.tasks
+                        .update_one(
+                            doc! {"_id": task_id, "camunda.linked": true},
+                            doc! {"$set": {"camunda.report_state": "pending"},
+                            "$unset": {"camunda.report_due_at": "", "camunda.report_attempts": "",
+                                       "camunda.last_report_error": "", "camunda.reported_at": ""}},
+                        )
+                        .await
+                        .map_err(classify)?;
+                    task.camunda.report_state = super::ReportState::Pending;
+                }
+                Ok(task)
+            }
             None => Err(self.refusal(task_id).await),
         }
+    }
+
+    async fn due_reports(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<TaskRecord>, StoreError> {
+        self.due_reports_impl(now, limit).await
+    }
+
+    async fn take_report(&self, task_id: &str, seen: DateTime<Utc>, until: DateTime<Utc>) -> Result<bool, StoreError> {
+        self.take_report_impl(task_id, seen, until).await
+    }
+
+    async fn record_report(&self, task_id: &str, outcome: ReportOutcome) -> Result<(), StoreError> {
+        self.record_report_impl(task_id, outcome).await
+    }
+
+    async fn count_unfinished(&self, source: TaskSource) -> Result<u64, StoreError> {
+        self.count_unfinished_impl(source).await
+    }
+
+    async fn locks_expiring(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<TaskRecord>, StoreError> {
+        self.locks_expiring_impl(before, limit).await
+    }
+
+    async fn set_lock_expiry(&self, task_id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.set_lock_expiry_impl(task_id, at).await
+    }
+
+    async fn unstarted(&self, source: TaskSource, limit: u32) -> Result<Vec<TaskRecord>, StoreError> {
+        self.unstarted_impl(source, limit).await
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<TaskRecord>, StoreError> {

@@ -30,7 +30,18 @@ pub enum ReportState {
 /// The task's link to Camunda.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CamundaLink {
+    /// Whether outcomes are reported to Camunda (report mode, or a pulled task).
+    #[serde(default)]
+    pub linked: bool,
     pub report_state: ReportState,
+    /// When the owed report may be sent (or sent again); held forward while a reporter sends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_due_at: Option<BsonDate>,
+    /// Pull mode: when the gateway's lock at Camunda runs out unless extended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_expires_at: Option<BsonDate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_instance_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report_attempts: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -42,11 +53,20 @@ pub struct CamundaLink {
 impl CamundaLink {
     pub fn not_applicable() -> Self {
         Self {
+            linked: false,
             report_state: ReportState::NotApplicable,
+            report_due_at: None,
+            lock_expires_at: None,
+            process_instance_id: None,
             report_attempts: None,
             last_report_error: None,
             reported_at: None,
         }
+    }
+
+    /// A task whose final outcome is owed to Camunda.
+    pub fn pending() -> Self {
+        Self { linked: true, report_state: ReportState::Pending, ..Self::not_applicable() }
     }
 }
 

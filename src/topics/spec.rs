@@ -95,11 +95,17 @@ pub struct TopicSpec {
     pub required_variables: Vec<String>,
     pub source: Source,
     pub variable_scope: VariableScope,
+    /// Pull mode: lock duration asked of Camunda; extended while the task is unfinished.
+    pub lock_duration_seconds: u64,
 }
 
 impl TopicSpec {
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_seconds)
+    }
+
+    pub fn lock_duration(&self) -> Duration {
+        Duration::from_secs(self.lock_duration_seconds)
     }
 }
 
@@ -120,6 +126,7 @@ struct TopicFile {
     source: Source,
     #[serde(default)]
     variable_scope: VariableScope,
+    lock_duration_seconds: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -202,6 +209,7 @@ impl TopicSpec {
             required_variables: file.required_variables,
             source: file.source,
             variable_scope: file.variable_scope,
+            lock_duration_seconds: file.lock_duration_seconds.unwrap_or(60).max(1),
         })
     }
 }

@@ -1,0 +1,213 @@
+//! A Camunda 7 REST client for the external-task calls the gateway makes. It maps Camunda's
+//! answers onto [`CamundaError`]: 404 (task gone) and 400 (lock held by another worker, or a
+//! request Camunda refuses) are final; 5xx and network errors are worth retrying. The password
+//! never appears in errors or logs.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::variables::{from_typed_map, to_typed_map};
+use crate::config::{CamundaSettings, Secret};
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CamundaError {
+    /// 404: the external task does not exist (completed, deleted, or never existed).
+    #[error("not found at Camunda: {0}")]
+    NotFound(String),
+    /// 400: refused for good, e.g. locked by another worker.
+    #[error("refused by Camunda: {0}")]
+    Refused(String),
+    /// 5xx, timeout or connection failure: try again later.
+    #[error("Camunda unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl CamundaError {
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Self::Unavailable(_))
+    }
+}
+
+/// An external task as fetchAndLock returns it, variables already plain JSON.
+#[derive(Debug, Clone)]
+pub struct LockedTask {
+    pub id: String,
+    pub topic: String,
+    pub worker_id: String,
+    pub process_instance_id: Option<String>,
+    pub retries: Option<i64>,
+    pub variables: Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawLockedTask {
+    id: String,
+    topic_name: String,
+    worker_id: Option<String>,
+    process_instance_id: Option<String>,
+    retries: Option<i64>,
+    #[serde(default)]
+    variables: Map<String, Value>,
+}
+
+/// What Camunda knows of one external task (for deciding whether a report already landed).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalTaskInfo {
+    pub id: String,
+    pub worker_id: Option<String>,
+    pub retries: Option<i64>,
+    pub error_message: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct CamundaClient {
+    http: reqwest::Client,
+    base: String,
+    auth: Option<(String, Secret)>,
+}
+
+impl CamundaClient {
+    pub fn new(settings: &CamundaSettings) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build()?;
+        let auth =
+            settings.username.clone().map(|user| (user, settings.password.clone().unwrap_or_else(|| Secret::new(""))));
+        Ok(Self { http, base: settings.url.clone(), auth })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    async fn call(&self, path: &str, body: Option<Value>, timeout: Duration) -> Result<Value, CamundaError> {
+        let url = format!("{}{path}", self.base);
+        let mut request = match &body {
+            Some(b) => self.http.post(&url).json(b),
+            None => self.http.get(&url),
+        }
+        .timeout(timeout);
+        if let Some((user, password)) = &self.auth {
+            request = request.basic_auth(user, Some(password.expose()));
+        }
+        let response = request.send().await.map_err(|e| {
+            let e = e.without_url();
+            CamundaError::Unavailable(if e.is_timeout() { "timed out".to_owned() } else { e.to_string() })
+        })?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let message = || {
+            serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or_else(|| format!("HTTP {status}"))
+        };
+        match status.as_u16() {
+            200..=299 if text.trim().is_empty() => Ok(Value::Null),
+            200..=299 => serde_json::from_str(&text).map_err(|e| CamundaError::Unavailable(format!("bad JSON: {e}"))),
+            404 => Err(CamundaError::NotFound(message())),
+            400..=499 if status.as_u16() != 408 && status.as_u16() != 429 => Err(CamundaError::Refused(message())),
+            _ => Err(CamundaError::Unavailable(message())),
+        }
+    }
+
+    /// Long-polls for up to `wait` for tasks of `topics` (name, lock duration).
+    pub async fn fetch_and_lock(
+        &self,
+        worker_id: &str,
+        max_tasks: u32,
+        wait: Duration,
+        topics: &[(String, Duration)],
+    ) -> Result<Vec<LockedTask>, CamundaError> {
+        let topics: Vec<Value> = topics
+            .iter()
+            .map(|(name, lock)| json!({"topicName": name, "lockDuration": lock.as_millis() as u64}))
+            .collect();
+        let body = json!({
+            "workerId": worker_id,
+            "maxTasks": max_tasks,
+            "usePriority": true,
+            "asyncResponseTimeout": wait.as_millis() as u64,
+            "topics": topics,
+        });
+        // The HTTP timeout must outlast the long poll.
+        let answer = self.call("/external-task/fetchAndLock", Some(body), wait + Duration::from_secs(10)).await?;
+        let raw: Vec<RawLockedTask> =
+            serde_json::from_value(answer).map_err(|e| CamundaError::Unavailable(format!("unexpected answer: {e}")))?;
+        Ok(raw
+            .into_iter()
+            .map(|t| LockedTask {
+                id: t.id,
+                topic: t.topic_name,
+                worker_id: t.worker_id.unwrap_or_else(|| worker_id.to_owned()),
+                process_instance_id: t.process_instance_id,
+                retries: t.retries,
+                variables: from_typed_map(&t.variables),
+            })
+            .collect())
+    }
+
+    const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+    pub async fn complete(
+        &self,
+        task_id: &str,
+        worker_id: &str,
+        variables: &Map<String, Value>,
+        local: bool,
+    ) -> Result<(), CamundaError> {
+        let key = if local { "localVariables" } else { "variables" };
+        let body = json!({"workerId": worker_id, key: to_typed_map(variables)});
+        self.call(&format!("/external-task/{task_id}/complete"), Some(body), Self::CALL_TIMEOUT).await.map(|_| ())
+    }
+
+    pub async fn bpmn_error(
+        &self,
+        task_id: &str,
+        worker_id: &str,
+        code: &str,
+        message: &str,
+    ) -> Result<(), CamundaError> {
+        let body = json!({"workerId": worker_id, "errorCode": code, "errorMessage": message});
+        self.call(&format!("/external-task/{task_id}/bpmnError"), Some(body), Self::CALL_TIMEOUT).await.map(|_| ())
+    }
+
+    pub async fn failure(
+        &self,
+        task_id: &str,
+        worker_id: &str,
+        message: &str,
+        retries: u32,
+        retry_timeout: Duration,
+    ) -> Result<(), CamundaError> {
+        let body = json!({
+            "workerId": worker_id,
+            "errorMessage": message.chars().take(600).collect::<String>(),
+            "errorDetails": message,
+            "retries": retries,
+            "retryTimeout": retry_timeout.as_millis() as u64,
+        });
+        self.call(&format!("/external-task/{task_id}/failure"), Some(body), Self::CALL_TIMEOUT).await.map(|_| ())
+    }
+
+    pub async fn extend_lock(&self, task_id: &str, worker_id: &str, duration: Duration) -> Result<(), CamundaError> {
+        let body = json!({"workerId": worker_id, "newDuration": duration.as_millis() as u64});
+        self.call(&format!("/external-task/{task_id}/extendLock"), Some(body), Self::CALL_TIMEOUT).await.map(|_| ())
+    }
+
+    pub async fn unlock(&self, task_id: &str) -> Result<(), CamundaError> {
+        self.call(&format!("/external-task/{task_id}/unlock"), Some(json!({})), Self::CALL_TIMEOUT).await.map(|_| ())
+    }
+
+    pub async fn get(&self, task_id: &str) -> Result<ExternalTaskInfo, CamundaError> {
+        let v = self.call(&format!("/external-task/{task_id}"), None, Self::CALL_TIMEOUT).await?;
+        serde_json::from_value(v).map_err(|e| CamundaError::Unavailable(format!("unexpected answer: {e}")))
+    }
+
+    /// Whether the engine answers (for `/health`).
+    pub async fn ping(&self) -> bool {
+        self.call("/engine", None, Duration::from_secs(3)).await.is_ok()
+    }
+}

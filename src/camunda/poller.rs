@@ -1,0 +1,197 @@
+//! Pull mode: for topics whose file says `source = "camunda"`, the gateway fetches and locks
+//! tasks itself (long polling, batched), stores each as a submission (idempotent on the external
+//! task id), keeps the locks of unfinished tasks extended well before they run out, and on
+//! shutdown stops fetching and hands back (unlocks) what it locked but never started.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use super::client::CamundaClient;
+use crate::{
+    broker::Broker,
+    domain::{Limits, Submission},
+    metrics::Metrics,
+    relay::{publish_held, publish_hold_until},
+    store::{CamundaLink, InsertOutcome, NewTask, TaskSource, TaskStore, TransitionError},
+    topics::{Registry, Source},
+};
+
+/// How long one fetchAndLock waits for tasks before answering empty.
+const LONG_POLL: Duration = Duration::from_secs(20);
+
+#[derive(Clone)]
+pub struct Poller {
+    pub client: CamundaClient,
+    pub store: Arc<dyn TaskStore>,
+    pub broker: Arc<dyn Broker>,
+    pub metrics: Metrics,
+    pub registry: Registry,
+    pub limits: Limits,
+    pub worker_id: String,
+}
+
+impl Poller {
+    fn pulled_topics(&self) -> Vec<(String, Duration)> {
+        self.registry
+            .iter()
+            .filter(|t| t.spec.source == Source::Camunda)
+            .map(|t| (t.spec.name.clone(), t.spec.lock_duration()))
+            .collect()
+    }
+
+    /// Fetch loop and lock keeper, until `cancel`; then unlocks what never started.
+    pub async fn run(self, cancel: CancellationToken) {
+        let topics = self.pulled_topics();
+        if topics.is_empty() {
+            return;
+        }
+        // Lock at most what the consumers can work through soon: twice their total prefetch.
+        let capacity: u64 = self
+            .registry
+            .iter()
+            .filter(|t| t.spec.source == Source::Camunda)
+            .map(|t| u64::from(t.spec.concurrency) * 2)
+            .sum();
+        let keeper = tokio::spawn(self.clone().keep_locks(topics.clone(), cancel.clone()));
+        let mut backoff = Duration::from_millis(500);
+        while !cancel.is_cancelled() {
+            let room = match self.store.count_unfinished(TaskSource::Camunda).await {
+                Ok(n) => capacity.saturating_sub(n),
+                Err(error) => {
+                    tracing::warn!(%error, "pull mode: store unavailable");
+                    0
+                }
+            };
+            if room == 0 {
+                tokio::select! { _ = cancel.cancelled() => break, _ = tokio::time::sleep(Duration::from_millis(200)) => {} }
+                continue;
+            }
+            let max_tasks = room.min(100) as u32;
+            let fetched = tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = self.client.fetch_and_lock(&self.worker_id, max_tasks, LONG_POLL, &topics) => r,
+            };
+            match fetched {
+                Ok(tasks) => {
+                    backoff = Duration::from_millis(500);
+                    // An empty answer after a long poll just means "no tasks": ask again at once.
+                    for task in tasks {
+                        self.accept(task, &topics).await;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "pull mode: Camunda unreachable");
+                    tokio::select! { _ = cancel.cancelled() => break, _ = tokio::time::sleep(backoff) => {} }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+        let _ = keeper.await;
+        self.unlock_unstarted().await;
+    }
+
+    /// Stores one locked task and publishes it (or revives it if an earlier shutdown handed it back).
+    async fn accept(&self, task: super::LockedTask, topics: &[(String, Duration)]) {
+        let lock = topics.iter().find(|(n, _)| *n == task.topic).map(|(_, d)| *d).unwrap_or(Duration::from_secs(60));
+        let body = serde_json::json!({"task_id": task.id, "worker_id": self.worker_id, "topic": task.topic, "variables": task.variables});
+        let submission = match Submission::parse(&body, &self.limits) {
+            Ok(s) => s,
+            Err(errors) => {
+                let reason: Vec<String> = errors.iter().map(|e| format!("{} {}", e.field, e.message)).collect();
+                tracing::warn!(task_id = %task.id, reason = %reason.join("; "), "pulled task is not a valid submission; reporting failure");
+                let _ = self.client.failure(&task.id, &self.worker_id, &reason.join("; "), 0, Duration::ZERO).await;
+                return;
+            }
+        };
+        let Some(topic) = self.registry.get(submission.topic.as_str()) else { return };
+        let hold = publish_hold_until(Utc::now());
+        let mut link = CamundaLink::pending();
+        link.lock_expires_at =
+            Some(bson::DateTime::from_chrono(Utc::now() + chrono::Duration::from_std(lock).unwrap_or_default()));
+        link.process_instance_id = task.process_instance_id.clone();
+        let new = NewTask {
+            submission,
+            max_attempts: topic.spec.retry.max_attempts,
+            source: TaskSource::Camunda,
+            camunda: link,
+            publish_due_at: hold,
+        };
+        let published = match self.store.insert(new).await {
+            Ok(InsertOutcome::Created(record)) => Some((record, hold)),
+            Ok(InsertOutcome::Existing(record)) | Ok(InsertOutcome::Conflict(record)) => {
+                let _ = self
+                    .store
+                    .set_lock_expiry(&task.id, Utc::now() + chrono::Duration::from_std(lock).unwrap_or_default())
+                    .await;
+                if record.status == crate::domain::TaskStatus::Cancelled {
+                    match self.store.manual_retry(&task.id, hold).await {
+                        Ok(revived) => Some((Box::new(revived), hold)),
+                        Err(TransitionError::WrongState(_)) | Err(TransitionError::NotFound) => None,
+                        Err(TransitionError::Store(error)) => {
+                            tracing::warn!(%error, task_id = %task.id, "could not revive a pulled task");
+                            None
+                        }
+                    }
+                } else {
+                    None
+                }
+            }
+            Err(error) => {
+                // Not stored: hand it back so it is not stuck behind our lock.
+                tracing::warn!(%error, task_id = %task.id, "could not store a pulled task; unlocking it");
+                let _ = self.client.unlock(&task.id).await;
+                None
+            }
+        };
+        if let Some((record, hold)) = published {
+            publish_held(self.store.as_ref(), self.broker.as_ref(), &self.metrics, &record, hold).await;
+        }
+    }
+
+    /// Extends the lock of every unfinished pulled task when half its lock has run out.
+    async fn keep_locks(self, topics: Vec<(String, Duration)>, cancel: CancellationToken) {
+        let shortest = topics.iter().map(|(_, d)| *d).min().unwrap_or(Duration::from_secs(60));
+        let tick = (shortest / 4).max(Duration::from_millis(250));
+        loop {
+            tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(tick) => {} }
+            let horizon = Utc::now() + chrono::Duration::from_std(shortest / 2).unwrap_or_default();
+            let expiring = match self.store.locks_expiring(horizon, 200).await {
+                Ok(t) => t,
+                Err(error) => {
+                    tracing::warn!(%error, "lock keeper: store unavailable");
+                    continue;
+                }
+            };
+            for task in expiring {
+                let lock = topics.iter().find(|(n, _)| *n == task.topic).map(|(_, d)| *d).unwrap_or(shortest);
+                match self.client.extend_lock(&task.task_id, &task.worker_id, lock).await {
+                    Ok(()) => {
+                        let until = Utc::now() + chrono::Duration::from_std(lock).unwrap_or_default();
+                        let _ = self.store.set_lock_expiry(&task.task_id, until).await;
+                    }
+                    Err(error) => tracing::warn!(%error, task_id = %task.task_id, "could not extend a lock"),
+                }
+            }
+        }
+    }
+
+    /// Shutdown: tasks locked but never started are cancelled here and unlocked at Camunda, so
+    /// another worker (or this gateway after a restart) can take them at once.
+    async fn unlock_unstarted(&self) {
+        let Ok(tasks) = self.store.unstarted(TaskSource::Camunda, 1000).await else { return };
+        let mut handed_back = 0;
+        for task in tasks {
+            if self.store.cancel(&task.task_id).await.is_ok() {
+                match self.client.unlock(&task.task_id).await {
+                    Ok(()) => handed_back += 1,
+                    Err(error) => tracing::warn!(%error, task_id = %task.task_id, "could not unlock at shutdown"),
+                }
+            }
+        }
+        if handed_back > 0 {
+            tracing::info!(handed_back, "pull mode: unlocked tasks that never started");
+        }
+    }
+}
