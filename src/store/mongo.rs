@@ -284,7 +284,8 @@ impl TaskStore for MongoStore {
             ),
             AttemptOutcome::Failed { error, error_code } => (
                 Event::FailFinal,
-                doc! {"$set": {"error_message": error, "error_code": error_code, "completed_at": now},
+                doc! {"$set": {"error_message": error, "error_code": error_code, "completed_at": now,
+                               "camunda.report_due_at": now},
                 "$unset": {"lease_until": "", "next_attempt_at": ""}},
             ),
         };
@@ -309,7 +310,7 @@ impl TaskStore for MongoStore {
             let this_attempt = doc! {"attempts": task.attempts, "lease_until": {"$lte": bdate(now)}};
             let changed = if task.attempts >= task.max_attempts {
                 let update = doc! {"$set": {"error_message": "lease expired: the consumer stopped mid-attempt and no attempts remain",
-                         "completed_at": bdate(now)},
+                         "completed_at": bdate(now), "camunda.report_due_at": bdate(now)},
                 "$unset": {"lease_until": ""}};
                 self.transition(&task.task_id, Event::FailFinal, this_attempt, update).await?
             } else {

@@ -56,7 +56,7 @@ impl Registry {
                 file: path.display().to_string(),
                 message: format!(
                     "field `handler`: no native handler named {:?} (native: {})",
-                    spec.name,
+                    spec.native.as_deref().unwrap_or(&spec.name),
                     NATIVE.join(", ")
                 ),
             })?;
@@ -102,7 +102,7 @@ fn build_handler(spec: &TopicSpec, deps: &NativeDeps) -> Option<Arc<dyn Handler>
             let url = spec.url.clone()?;
             Some(Arc::new(HttpHandler::new(deps.http.clone(), url, spec.timeout())))
         }
-        HandlerKind::Native => match spec.name.as_str() {
+        HandlerKind::Native => match spec.native.as_deref().unwrap_or(&spec.name) {
             "say_hello" => Some(Arc::new(SayHello)),
             "nova_publicacao" => Some(Arc::new(NovaPublicacao::new(&deps.database))),
             _ => None,

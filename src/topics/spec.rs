@@ -86,6 +86,10 @@ pub struct TopicSpec {
     /// Target of an `http` handler.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// The native handler to run (default: the topic's own name), so one handler can serve
+    /// several topics.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub native: Option<String>,
     /// Handler timeout in seconds.
     pub timeout_seconds: u64,
     pub retry: RetryPolicy,
@@ -117,6 +121,7 @@ struct TopicFile {
     description: String,
     handler: HandlerKind,
     url: Option<String>,
+    native: Option<String>,
     timeout_seconds: Option<u64>,
     retry: Option<RetryFile>,
     concurrency: Option<u16>,
@@ -172,6 +177,9 @@ impl TopicSpec {
             (HandlerKind::Native, Some(_)) => return Err(err("field `url` is only for handler = \"http\"".into())),
             (HandlerKind::Native, None) => {}
         }
+        if file.native.is_some() && file.handler != HandlerKind::Native {
+            return Err(err("field `native` is only for handler = \"native\"".into()));
+        }
         let retry = file.retry.unwrap_or(RetryFile {
             max_attempts: None,
             initial_backoff_ms: None,
@@ -203,6 +211,7 @@ impl TopicSpec {
             description: file.description,
             handler: file.handler,
             url: file.url,
+            native: file.native,
             timeout_seconds,
             retry,
             concurrency,

@@ -239,22 +239,33 @@ pub struct Downstream {
 }
 
 pub async fn downstream(script: Vec<u16>) -> Downstream {
+    downstream_with(script, Duration::ZERO, None).await
+}
+
+/// What a stand-in downstream does: statuses in turn, a delay before each answer, and an
+/// optional fixed 2xx body (otherwise it echoes the variables and attempt).
+type Plan = (Vec<u16>, Duration, Option<Value>);
+
+/// Like [`downstream`], answering after `delay`, with `reply` as the 2xx body when given.
+pub async fn downstream_with(script: Vec<u16>, delay: Duration, reply: Option<Value>) -> Downstream {
     use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
     let calls = std::sync::Arc::new(AtomicU32::new(0));
-    let state = (calls.clone(), std::sync::Arc::new(script));
+    let state = (calls.clone(), std::sync::Arc::new((script, delay, reply)));
     let app = Router::new()
         .route(
             "/",
             post(
-                |State((calls, script)): State<(std::sync::Arc<AtomicU32>, std::sync::Arc<Vec<u16>>)>,
+                |State((calls, plan)): State<(std::sync::Arc<AtomicU32>, std::sync::Arc<Plan>)>,
                  Json(body): Json<Value>| async move {
+                    let (script, delay, fixed) = &*plan;
+                    tokio::time::sleep(*delay).await;
                     let n = calls.fetch_add(1, Ordering::SeqCst) as usize;
                     let code = script.get(n).or(script.last()).copied().unwrap_or(200);
                     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
-                    let reply = if status.is_success() {
-                        json!({"echo": body["variables"], "attempt": body["attempt"]})
-                    } else {
-                        json!({"message": format!("scripted {code}")})
+                    let reply = match (status.is_success(), fixed) {
+                        (true, Some(fixed)) => fixed.clone(),
+                        (true, None) => json!({"echo": body["variables"], "attempt": body["attempt"]}),
+                        (false, _) => json!({"message": format!("scripted {code}")}),
                     };
                     (status, Json(reply))
                 },

@@ -3,5 +3,7 @@
 
 mod api;
 mod bad_input;
+mod camunda;
+mod engine;
 mod helpers;
 mod lifecycle;
