@@ -3,7 +3,12 @@
 //! ack. A delivery that finds its task already claimed, finished or not yet due does nothing, so
 //! duplicates never run a handler twice for the same attempt.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use chrono::Utc;
@@ -45,6 +50,8 @@ pub struct Dispatcher {
     cancel: CancellationToken,
     /// Report mode: outcomes go to Camunda.
     reporter: Option<Reporter>,
+    /// Attempts running now, so shutdown can give back those that cannot finish in time.
+    in_flight: Arc<Mutex<HashSet<(String, u32)>>>,
 }
 
 impl Dispatcher {
@@ -55,7 +62,7 @@ impl Dispatcher {
         limits: Limits,
         cancel: CancellationToken,
     ) -> Self {
-        Self { store, registry, metrics, limits, cancel, reporter: None }
+        Self { store, registry, metrics, limits, cancel, reporter: None, in_flight: Arc::default() }
     }
 
     /// Report mode: each final outcome (and each retryable failure) is reported to Camunda.
@@ -174,6 +181,8 @@ impl Dispatcher {
 
     async fn run(&self, task: TaskRecord, topic: &Topic) -> Processed {
         let attempt = task.attempts;
+        let key = (task.task_id.clone(), attempt);
+        self.in_flight.lock().map(|mut set| set.insert(key.clone())).ok();
         let progress = Arc::new(StoreProgress { store: self.store.clone(), task_id: task.task_id.clone(), attempt });
         let ctx =
             HandlerContext::new(task.task_id.clone(), task.worker_id.clone(), task.topic.clone(), attempt, progress);
@@ -217,12 +226,28 @@ impl Dispatcher {
                 Processed::Failed,
             ),
         };
+        let elapsed_ms = i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX);
+        let recorded = self.record(&task, topic, elapsed_ms, outcome, processed, next_attempt_in).await;
+        self.in_flight.lock().map(|mut set| set.remove(&key)).ok();
+        recorded
+    }
+
+    /// Stores how the task's current attempt ended (waiting out a store outage), then reports it.
+    async fn record(
+        &self,
+        task: &TaskRecord,
+        topic: &Topic,
+        elapsed_ms: i64,
+        outcome: AttemptOutcome,
+        processed: Processed,
+        next_attempt_in: Duration,
+    ) -> Processed {
+        let attempt = task.attempts;
         let outcome_name = match processed {
             Processed::Succeeded => "succeeded",
             Processed::Retrying => "retrying",
             _ => "failed",
         };
-        let elapsed_ms = i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX);
         match self.patiently(|| self.store.finish(&task.task_id, attempt, elapsed_ms, outcome.clone())).await {
             Some(Ok(Some(recorded))) => {
                 self.report(recorded, next_attempt_in, topic);
@@ -266,6 +291,22 @@ impl Dispatcher {
                 reporter.report_retry(&task, left, next_attempt_in, timeout).await;
             }
         });
+    }
+}
+
+impl Dispatcher {
+    /// Shutdown, after the grace period: attempts still running are given back (retrying, due
+    /// now) so another gateway takes them at once instead of after their lease.
+    pub async fn release_in_flight(&self) {
+        let running: Vec<(String, u32)> =
+            self.in_flight.lock().map(|set| set.iter().cloned().collect()).unwrap_or_default();
+        for (task_id, attempt) in running {
+            match self.store.release(&task_id, attempt).await {
+                Ok(true) => tracing::warn!(%task_id, attempt, "released an unfinished attempt at shutdown"),
+                Ok(false) => {}
+                Err(error) => tracing::warn!(%error, %task_id, "could not release an attempt; its lease will expire"),
+            }
+        }
     }
 }
 

@@ -101,7 +101,7 @@ impl Application {
         let settings = state.settings.clone();
         let consumers = if settings.mode.consumes() { rabbit_consumers(&state.registry) } else { Vec::new() };
         let broker_task =
-            tokio::spawn(broker.run(consumers, Arc::new(dispatcher), stop.clone(), settings.shutdown_grace));
+            tokio::spawn(broker.run(consumers, Arc::new(dispatcher.clone()), stop.clone(), settings.shutdown_grace));
         let relay = Relay {
             store: state.store.clone(),
             broker: state.broker.clone() as Arc<dyn Broker>,
@@ -134,6 +134,7 @@ impl Application {
             let _ = poller.await;
         }
         let _ = broker_task.await;
+        dispatcher.release_in_flight().await;
         let _ = relay_task.await;
         tracing::info!("stopped");
         Ok(())

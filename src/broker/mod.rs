@@ -18,6 +18,8 @@ pub fn rabbit_consumers(registry: &crate::topics::Registry) -> Vec<ConsumerSpec>
 pub enum PublishError {
     #[error("broker not connected")]
     NotConnected,
+    #[error("broker is blocking publishers (resource alarm)")]
+    Blocked,
     #[error("broker refused the message (nack)")]
     Nacked,
     #[error("message was returned unroutable: {0}")]
@@ -32,7 +34,7 @@ pub trait Broker: Send + Sync {
     /// stored and routed. Only `Ok` means published.
     async fn publish(&self, topic: &str, body: &[u8], attempt: u32) -> Result<(), PublishError>;
 
-    /// Whether a connection is up now (for `/health`).
+    /// Whether publishing is possible now: connected and not blocked (for `/health` and the relay).
     fn is_connected(&self) -> bool;
 }
 

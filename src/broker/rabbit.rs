@@ -62,6 +62,8 @@ struct Inner {
     topics: Vec<String>,
     publisher: RwLock<Option<Channel>>,
     connected: AtomicBool,
+    /// RabbitMQ blocked publishers (a resource alarm): a publish would only wait for nothing.
+    blocked: AtomicBool,
 }
 
 /// How long a publish may wait for its confirm before it counts as unsent (a blocked broker
@@ -84,6 +86,7 @@ impl RabbitBroker {
                 topics,
                 publisher: RwLock::new(None),
                 connected: AtomicBool::new(false),
+                blocked: AtomicBool::new(false),
             }),
         }
     }
@@ -126,6 +129,7 @@ impl RabbitBroker {
 
     fn mark_down(&self) {
         self.inner.connected.store(false, Ordering::SeqCst);
+        self.inner.blocked.store(false, Ordering::SeqCst);
         if let Ok(mut p) = self.inner.publisher.write() {
             *p = None;
         }
@@ -254,9 +258,13 @@ impl RabbitBroker {
                 event = events.next() => match event {
                     Some(lapin::Event::Error(e)) => break Err(e.to_string()),
                     Some(lapin::Event::ConnectionBlocked(reason)) => {
-                        tracing::warn!(%reason, "rabbitmq blocked the connection");
+                        self.inner.blocked.store(true, Ordering::SeqCst);
+                        tracing::warn!(%reason, "rabbitmq blocked the connection; publishes wait for the relay");
                     }
-                    Some(lapin::Event::ConnectionUnblocked) => tracing::info!("rabbitmq unblocked the connection"),
+                    Some(lapin::Event::ConnectionUnblocked) => {
+                        self.inner.blocked.store(false, Ordering::SeqCst);
+                        tracing::info!("rabbitmq unblocked the connection");
+                    }
                     Some(_) => {}
                     None => break Err("connection event stream ended".into()),
                 },
@@ -283,6 +291,9 @@ impl RabbitBroker {
 #[async_trait]
 impl Broker for RabbitBroker {
     async fn publish(&self, topic: &str, body: &[u8], attempt: u32) -> Result<(), PublishError> {
+        if self.inner.blocked.load(Ordering::SeqCst) {
+            return Err(PublishError::Blocked);
+        }
         let channel = self.inner.publisher.read().ok().and_then(|p| p.clone()).ok_or(PublishError::NotConnected)?;
         let mut headers = FieldTable::default();
         headers.insert("attempt".into(), AMQPValue::LongUInt(attempt));
@@ -308,6 +319,6 @@ impl Broker for RabbitBroker {
     }
 
     fn is_connected(&self) -> bool {
-        self.inner.connected.load(Ordering::SeqCst)
+        self.inner.connected.load(Ordering::SeqCst) && !self.inner.blocked.load(Ordering::SeqCst)
     }
 }

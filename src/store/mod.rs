@@ -161,6 +161,10 @@ pub trait TaskStore: Send + Sync {
     /// no attempts remain. Returns how many were moved.
     async fn expire_leases(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
 
+    /// Shutdown: gives back a task whose `attempt` is still running, as an expired lease would
+    /// (retrying due now, or failed without attempts left). `false` if the attempt is over.
+    async fn release(&self, task_id: &str, attempt: u32) -> Result<bool, StoreError>;
+
     /// `DELETE /tasks/{id}`: queued/retrying → cancelled.
     async fn cancel(&self, task_id: &str) -> Result<TaskRecord, TransitionError>;
 

@@ -124,6 +124,30 @@ impl MongoStore {
         self.tasks.find_one_and_update(filter, update).return_document(ReturnDocument::After).await.map_err(classify)
     }
 
+    /// Takes a processing task back from an attempt that will not finish: retrying (due now)
+    /// while attempts remain, failed otherwise. `filter` pins the attempt being taken back.
+    async fn take_back(
+        &self,
+        task: &TaskRecord,
+        filter: Document,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let changed = if task.attempts >= task.max_attempts {
+            let update = doc! {"$set": {"error_message": format!("{reason}; no attempts remain"),
+                     "completed_at": bdate(now), "camunda.report_due_at": bdate(now)},
+            "$unset": {"lease_until": ""}};
+            self.transition(&task.task_id, Event::FailFinal, filter, update).await?
+        } else {
+            let update = doc! {"$set": {"error_message": reason,
+                     "next_attempt_at": bdate(now), "publish_due_at": bdate(now)},
+            "$inc": {"retries": 1},
+            "$unset": {"lease_until": ""}};
+            self.transition(&task.task_id, Event::LeaseExpired, filter, update).await?
+        };
+        Ok(changed.is_some())
+    }
+
     /// Explains a refused user transition: unknown id, or the state it is in.
     async fn refusal(&self, task_id: &str) -> TransitionError {
         match self.get(task_id).await {
@@ -307,25 +331,23 @@ impl TaskStore for MongoStore {
             .map_err(classify)?;
         let mut moved = 0;
         for task in expired {
-            let this_attempt = doc! {"attempts": task.attempts, "lease_until": {"$lte": bdate(now)}};
-            let changed = if task.attempts >= task.max_attempts {
-                let update = doc! {"$set": {"error_message": "lease expired: the consumer stopped mid-attempt and no attempts remain",
-                         "completed_at": bdate(now), "camunda.report_due_at": bdate(now)},
-                "$unset": {"lease_until": ""}};
-                self.transition(&task.task_id, Event::FailFinal, this_attempt, update).await?
-            } else {
-                let update = doc! {"$set": {"error_message": "lease expired: the consumer stopped mid-attempt",
-                         "next_attempt_at": bdate(now), "publish_due_at": bdate(now)},
-                "$inc": {"retries": 1},
-                "$unset": {"lease_until": ""}};
-                self.transition(&task.task_id, Event::LeaseExpired, this_attempt, update).await?
-            };
-            if changed.is_some() {
+            let still_expired = doc! {"attempts": task.attempts, "lease_until": {"$lte": bdate(now)}};
+            if self.take_back(&task, still_expired, "lease expired: the consumer stopped mid-attempt", now).await? {
                 tracing::warn!(task_id = %task.task_id, attempt = task.attempts, "processing lease expired");
                 moved += 1;
             }
         }
         Ok(moved)
+    }
+
+    async fn release(&self, task_id: &str, attempt: u32) -> Result<bool, StoreError> {
+        match self.get(task_id).await? {
+            Some(task) if task.status == TaskStatus::Processing && task.attempts == attempt => {
+                let reason = "released: the gateway shut down before this attempt finished";
+                self.take_back(&task, doc! {"attempts": attempt}, reason, Utc::now()).await
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn cancel(&self, task_id: &str) -> Result<TaskRecord, TransitionError> {

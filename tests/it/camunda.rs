@@ -308,3 +308,41 @@ async fn shutdown_hands_back_pulled_tasks_that_never_started() {
     crate::helpers::delete_topology(&app.exchange, &app.topic_names()).await;
     let _ = app.mongo.drop().await;
 }
+
+/// A stand-in Camunda that fails `complete` with 500 `failures` times, then accepts it.
+async fn flaky_camunda(failures: u32) -> (String, std::sync::Arc<std::sync::atomic::AtomicU32>) {
+    use axum::{Router, extract::State, http::StatusCode, routing::post};
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    };
+    let calls = Arc::new(AtomicU32::new(0));
+    let app = Router::new()
+        .route(
+            "/engine-rest/external-task/{id}/complete",
+            post(move |State(calls): State<Arc<AtomicU32>>| async move {
+                if calls.fetch_add(1, Ordering::SeqCst) < failures {
+                    (StatusCode::INTERNAL_SERVER_ERROR, r#"{"type":"ProcessEngineException","message":"boom"}"#)
+                } else {
+                    (StatusCode::NO_CONTENT, "")
+                }
+            }),
+        )
+        .with_state(calls.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://127.0.0.1:{port}/engine-rest"), calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camunda_answering_500_gets_the_report_again_with_backoff_without_rerunning_the_handler() {
+    let (url, calls) = flaky_camunda(2).await;
+    let app = spawn_app_with(AppOptions { vars: vec![("CAMUNDA_URL".into(), url)], ..Default::default() }).await;
+    app.submit(&crate::helpers::body("flaky-report-1", "say_hello", json!({"name": "R"}))).await;
+    let status = wait_report(&app, "flaky-report-1", "reported").await;
+    assert_eq!(status["camunda"]["report_attempts"], 3, "{status}");
+    assert_eq!(status["attempts"], 1, "the handler ran once");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    app.cleanup().await;
+}

@@ -169,6 +169,16 @@ impl TestApp {
         self.wait_for(&format!("task {task_id} to be {status}"), limit, |v| v["status"] == status, &path).await
     }
 
+    /// Reads a task straight from the store (for when no gateway is running).
+    pub async fn status_from_store(&self, task_id: &str) -> worker_api_gateway::store::TaskRecord {
+        self.mongo
+            .collection::<worker_api_gateway::store::TaskRecord>("tasks")
+            .find_one(bson::doc! {"_id": task_id})
+            .await
+            .expect("store answers")
+            .expect("task exists")
+    }
+
     /// Stops the gateway gracefully and waits for it.
     pub async fn stop(&mut self) {
         self.stop.cancel();

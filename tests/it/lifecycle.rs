@@ -171,3 +171,32 @@ fn a_bad_setting_stops_start_up_naming_the_variable() {
     assert!(stderr.contains("TASK_RETRY_LIMIT"), "{stderr}");
     assert!(!stderr.contains("s3cret"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_gives_back_an_attempt_that_outlives_the_grace_period() {
+    let down = crate::helpers::downstream_with(vec![200], Duration::from_secs(10), None).await;
+    let mut app = spawn_app_with(AppOptions {
+        topics: vec![("lingering".into(), http_topic(&down.url, 3, 60))],
+        vars: vec![("SHUTDOWN_GRACE_SECONDS".into(), "1".into())],
+        ..Default::default()
+    })
+    .await;
+    app.submit(&body("linger-1", "lingering", json!({}))).await;
+    app.wait_status("linger-1", "processing", WAIT).await;
+    app.stop().await;
+    // Not stuck in processing until its 90 s lease runs out: back to retrying, due now.
+    let task = app.status_from_store("linger-1").await;
+    assert_eq!((task.status.as_str(), task.attempts), ("retrying", 1), "{task:?}");
+    assert!(task.error_message.unwrap_or_default().contains("shut down"));
+    let reuse = Some((app.database.clone(), app.exchange.clone()));
+    let fast = downstream(vec![200]).await;
+    let next = spawn_app_with(AppOptions {
+        topics: vec![("lingering".into(), http_topic(&fast.url, 3, 60))],
+        reuse,
+        ..Default::default()
+    })
+    .await;
+    let done = next.wait_status("linger-1", "succeeded", WAIT).await;
+    assert_eq!(done["attempts"], 2);
+    next.cleanup().await;
+}

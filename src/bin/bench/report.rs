@@ -1,0 +1,202 @@
+//! The figures of a run, the ratios derived from them, and the Markdown table: one column per
+//! run, the median when there are several, the target and whether the median meets it.
+
+use std::collections::BTreeMap;
+
+use crate::setup::{BATCH, Plan};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum M {
+    MongoSingle,
+    MongoBatch,
+    RabbitPublish,
+    SubmitPeak,
+    SubmitPeakP50,
+    SubmitPeakP99,
+    HalfRate,
+    HalfP50,
+    HalfP99,
+    E2eRate,
+    E2eP50,
+    E2eP99,
+    RssIdle,
+    RssQueued,
+    RssQueuedPeak,
+    RssInFlight,
+    RssInFlightPeak,
+    RatioSubmitBatch,
+    RatioE2eBatch,
+    RatioSubmitSingle,
+    RatioSubmitPublish,
+}
+
+const ALL: [M; 21] = [
+    M::MongoSingle,
+    M::MongoBatch,
+    M::RabbitPublish,
+    M::SubmitPeak,
+    M::SubmitPeakP50,
+    M::SubmitPeakP99,
+    M::HalfRate,
+    M::HalfP50,
+    M::HalfP99,
+    M::E2eRate,
+    M::E2eP50,
+    M::E2eP99,
+    M::RssIdle,
+    M::RssQueued,
+    M::RssQueuedPeak,
+    M::RssInFlight,
+    M::RssInFlightPeak,
+    M::RatioSubmitBatch,
+    M::RatioE2eBatch,
+    M::RatioSubmitSingle,
+    M::RatioSubmitPublish,
+];
+
+enum Target {
+    None,
+    AtLeast(f64),
+    Below(f64),
+}
+
+/// One run's figures.
+pub type Run = BTreeMap<M, f64>;
+
+/// Label, unit, decimals, target.
+fn describe(m: M, p: &Plan) -> (String, &'static str, usize, Target) {
+    let (n_e2e, n_mem, c) = (p.e2e_tasks, p.memory_tasks, p.wrk_connections);
+    match m {
+        M::MongoSingle => {
+            (format!("limit: MongoDB insert_one, {} concurrent", p.mongo_single_concurrency), "docs/s", 0, Target::None)
+        }
+        M::MongoBatch => (
+            format!("limit: MongoDB insert_many of {BATCH}, {} concurrent", p.mongo_batch_concurrency),
+            "docs/s",
+            0,
+            Target::None,
+        ),
+        M::RabbitPublish => (
+            format!("limit: RabbitMQ confirmed publishes, {} outstanding", p.publish_window),
+            "msgs/s",
+            0,
+            Target::None,
+        ),
+        M::SubmitPeak => (format!("gateway submit throughput, {c} connections"), "req/s", 0, Target::None),
+        M::SubmitPeakP50 => ("  submit latency p50 at that load".into(), "ms", 1, Target::None),
+        M::SubmitPeakP99 => ("  submit latency p99 at that load".into(), "ms", 1, Target::None),
+        M::HalfRate => (format!("half load: rate achieved, {} connections", c / 2), "req/s", 0, Target::None),
+        M::HalfP50 => ("  submit latency p50 at half load".into(), "ms", 1, Target::None),
+        M::HalfP99 => ("  submit latency p99 at half load".into(), "ms", 1, Target::Below(50.0)),
+        M::E2eRate => (format!("end-to-end say_hello throughput, {n_e2e} tasks"), "tasks/s", 0, Target::None),
+        M::E2eP50 => ("  end-to-end latency p50 (created → completed)".into(), "ms", 0, Target::None),
+        M::E2eP99 => ("  end-to-end latency p99".into(), "ms", 0, Target::None),
+        M::RssIdle => ("gateway RSS, idle after start".into(), "MiB", 1, Target::None),
+        M::RssQueued => (format!("gateway RSS, {n_mem} tasks queued"), "MiB", 1, Target::None),
+        M::RssQueuedPeak => ("  peak RSS while submitting them".into(), "MiB", 1, Target::None),
+        M::RssInFlight => (format!("gateway RSS, {n_mem} tasks in flight"), "MiB", 1, Target::Below(64.0)),
+        M::RssInFlightPeak => ("  peak RSS up to then".into(), "MiB", 1, Target::None),
+        M::RatioSubmitBatch => ("ratio: submit / batched-insert limit".into(), "", 2, Target::AtLeast(0.80)),
+        M::RatioE2eBatch => ("ratio: end-to-end / batched-insert limit".into(), "", 2, Target::AtLeast(0.50)),
+        M::RatioSubmitSingle => ("ratio: submit / single-insert limit".into(), "", 2, Target::None),
+        M::RatioSubmitPublish => ("ratio: submit / confirmed-publish limit".into(), "", 2, Target::None),
+    }
+}
+
+/// Adds the gateway/limit ratios to a run that has both sides.
+pub fn derive_ratios(run: &mut Run) {
+    let pairs = [
+        (M::RatioSubmitBatch, M::SubmitPeak, M::MongoBatch),
+        (M::RatioE2eBatch, M::E2eRate, M::MongoBatch),
+        (M::RatioSubmitSingle, M::SubmitPeak, M::MongoSingle),
+        (M::RatioSubmitPublish, M::SubmitPeak, M::RabbitPublish),
+    ];
+    for (ratio, gateway, limit) in pairs {
+        if let (Some(g), Some(l)) = (run.get(&gateway), run.get(&limit))
+            && *l > 0.0
+        {
+            run.insert(ratio, g / l);
+        }
+    }
+}
+
+/// Nearest-rank percentile of unsorted values (`p` in 0..=100).
+pub fn percentile(values: &mut [f64], p: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
+    Some(values[rank.clamp(1, values.len()) - 1])
+}
+
+pub fn median(values: &mut [f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 })
+}
+
+pub fn table(plan: &Plan, runs: &[Run]) -> String {
+    let several = runs.len() > 1;
+    let mut header = vec!["figure".to_owned(), "unit".to_owned()];
+    header.extend((1..=runs.len()).map(|i| if several { format!("run {i}") } else { "value".into() }));
+    if several {
+        header.push("median".into());
+    }
+    header.extend(["target".to_owned(), "met".to_owned()]);
+    let mut out = format!("| {} |\n|{}\n", header.join(" | "), "---|".repeat(header.len()));
+    for m in ALL {
+        let (label, unit, decimals, target) = describe(m, plan);
+        let mut values: Vec<f64> = runs.iter().filter_map(|r| r.get(&m).copied()).collect();
+        let cell = |v: Option<f64>| v.map(|v| format!("{v:.decimals$}")).unwrap_or_else(|| "–".into());
+        let mut row = vec![label, unit.to_owned()];
+        row.extend(runs.iter().map(|r| cell(r.get(&m).copied())));
+        let summary = median(&mut values);
+        if several {
+            row.push(cell(summary));
+        }
+        let (target_text, met) = match (target, summary) {
+            (Target::None, _) => (String::new(), String::new()),
+            (Target::AtLeast(t), v) => (format!("≥ {t:.decimals$}"), verdict(plan, runs, v.map(|v| v >= t))),
+            (Target::Below(t), v) => (format!("< {t:.0}"), verdict(plan, runs, v.map(|v| v < t))),
+        };
+        row.extend([target_text, met]);
+        out.push_str(&format!("| {} |\n", row.join(" | ")));
+    }
+    if plan.smoke {
+        out.push_str("\nSmoke mode: small counts and short phases; the figures are not comparable to a full run.\n");
+    } else if runs.len() < 3 {
+        out.push_str("\nTargets are judged on medians of at least 3 runs (`--runs 3`); this is indicative only.\n");
+    }
+    out
+}
+
+fn verdict(plan: &Plan, runs: &[Run], met: Option<bool>) -> String {
+    match met {
+        _ if plan.smoke => "(smoke)".into(),
+        None => "–".into(),
+        Some(true) if runs.len() >= 3 => "yes".into(),
+        Some(false) if runs.len() >= 3 => "**no**".into(),
+        Some(true) => "(yes)".into(),
+        Some(false) => "(no)".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_and_medians_use_nearest_rank_and_the_middle() {
+        let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&mut v, 50.0), Some(50.0));
+        assert_eq!(percentile(&mut v, 99.0), Some(99.0));
+        assert_eq!(percentile(&mut [7.0], 99.0), Some(7.0));
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&mut [4.0, 1.0]), Some(2.5));
+        assert_eq!(median(&mut []), None);
+    }
+}

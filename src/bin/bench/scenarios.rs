@@ -1,0 +1,221 @@
+//! The phases of one run. Each gateway phase starts a fresh gateway (own database and exchange)
+//! so no phase inherits another's data or memory high-water mark, and stops it afterwards.
+//!
+//! - submit load: `GATEWAY_MODE=api` (no consumers), so the figure is the submit path alone
+//!   (validate, insert, publish, record the confirm); wrk at full speed, then paced at half.
+//! - memory, queued: `api` mode, N tasks submitted and left queued (in MongoDB and RabbitMQ).
+//! - end to end: `all` mode, N `say_hello` submitted while the consumers work, until all succeed.
+//! - memory, in flight: `all` mode with an extra `http` topic whose downstream holds every
+//!   request open and whose prefetch is N: sampled when N handlers are running at once, i.e. N
+//!   tasks claimed (status `processing`), their messages delivered and unacked.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use crate::{
+    gateway::Gateway,
+    limits, load,
+    report::{M, Run, percentile},
+    setup::Ctx,
+    standin::HoldServer,
+};
+
+pub async fn limits(ctx: &Ctx, run: &mut Run, tag: &str) -> anyhow::Result<()> {
+    let p = &ctx.plan;
+    let database = ctx.name(&format!("{tag}_limits"));
+    ctx.remember_database(&database);
+    let tasks = limits::tasks_collection(&ctx.mongo, &database).await?;
+    let single = limits::mongo_single(&tasks, &format!("{tag}s"), p.mongo_single_concurrency, p.limit_duration).await?;
+    eprintln!("[bench] MongoDB insert_one: {single:.0} docs/s");
+    let batched =
+        limits::mongo_batched(&tasks, &format!("{tag}b"), p.mongo_batch_concurrency, p.limit_duration).await?;
+    eprintln!("[bench] MongoDB insert_many: {batched:.0} docs/s");
+    // Leave the server as small as it was for the gateway phases.
+    ctx.mongo.database(&database).drop().await?;
+    let queue = ctx.name(&format!("{tag}_publish"));
+    ctx.remember_queue(&queue);
+    let published = limits::rabbit_confirmed(&ctx.rabbit_url, &queue, p.publish_window, p.limit_duration).await?;
+    eprintln!("[bench] RabbitMQ confirmed publishes: {published:.0} msgs/s");
+    run.insert(M::MongoSingle, single);
+    run.insert(M::MongoBatch, batched);
+    run.insert(M::RabbitPublish, published);
+    Ok(())
+}
+
+/// Runs `body` against a fresh gateway and stops the gateway whatever the outcome; on failure the
+/// error carries the tail of the gateway's log.
+async fn with_gateway<T>(
+    ctx: &Ctx,
+    name: &str,
+    mode: &str,
+    topics: &std::path::Path,
+    body: impl AsyncFnOnce(&Gateway) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let gateway = Gateway::start(ctx, name, mode, topics).await?;
+    let result = body(&gateway).await;
+    let result = result.map_err(|e| e.context(format!("gateway log (last lines):\n{}", gateway.log_tail(15))));
+    gateway.stop().await;
+    result
+}
+
+pub async fn submit_load(ctx: &Ctx, run: &mut Run, tag: &str) -> anyhow::Result<()> {
+    let p = &ctx.plan;
+    with_gateway(ctx, &format!("{tag}_submit"), "api", &ctx.repo_topics, async |gw: &Gateway| {
+        let id = |phase: &str| format!("{}-{tag}-{phase}", ctx.run_id);
+        if p.wrk_warmup_s > 0 {
+            load::wrk(ctx, &gw.base, &id("warm"), p.wrk_connections, p.wrk_warmup_s, None).await?;
+        }
+        let peak = load::wrk(ctx, &gw.base, &id("peak"), p.wrk_connections, p.wrk_duration_s, None).await?;
+        eprintln!(
+            "[bench] submit at peak: {:.0} req/s, p50 {:.1} ms, p99 {:.1} ms ({} requests, {} errors)",
+            peak.ok_rate, peak.p50_ms, peak.p99_ms, peak.requests, peak.errors
+        );
+        let target = (peak.ok_rate / 2.0).max(1.0);
+        let half = load::wrk(ctx, &gw.base, &id("half"), p.wrk_connections / 2, p.wrk_duration_s, Some(target)).await?;
+        eprintln!(
+            "[bench] submit at half load: target {target:.0}, achieved {:.0} req/s, p50 {:.1} ms, p99 {:.1} ms",
+            half.ok_rate, half.p50_ms, half.p99_ms
+        );
+        run.insert(M::SubmitPeak, peak.ok_rate);
+        run.insert(M::SubmitPeakP50, peak.p50_ms);
+        run.insert(M::SubmitPeakP99, peak.p99_ms);
+        run.insert(M::HalfRate, half.ok_rate);
+        run.insert(M::HalfP50, half.p50_ms);
+        run.insert(M::HalfP99, half.p99_ms);
+        Ok(())
+    })
+    .await
+}
+
+pub async fn memory_queued(ctx: &Ctx, run: &mut Run, tag: &str) -> anyhow::Result<()> {
+    let n = ctx.plan.memory_tasks;
+    with_gateway(ctx, &format!("{tag}_queued"), "api", &ctx.repo_topics, async |gw: &Gateway| {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let idle = gw.memory()?;
+        let took = load::submit_many(ctx, &gw.base, &format!("{}-{tag}-q", ctx.run_id), "say_hello", n).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let queued = gw.memory()?;
+        let stats = load::statistics(ctx, &gw.base).await?;
+        if load::count(&stats, "queued") != n as u64 {
+            bail!("expected {n} queued tasks, statistics say {stats}");
+        }
+        eprintln!(
+            "[bench] {n} queued in {:.1} s: RSS idle {:.1} MiB, queued {:.1} MiB (peak {:.1})",
+            took.as_secs_f64(),
+            idle.rss_mib,
+            queued.rss_mib,
+            queued.peak_mib
+        );
+        run.insert(M::RssIdle, idle.rss_mib);
+        run.insert(M::RssQueued, queued.rss_mib);
+        run.insert(M::RssQueuedPeak, queued.peak_mib);
+        Ok(())
+    })
+    .await
+}
+
+fn millis(task: &Value, field: &str) -> anyhow::Result<i64> {
+    let text = task["timestamps"][field].as_str().with_context(|| format!("task without timestamps.{field}"))?;
+    Ok(chrono::DateTime::parse_from_rfc3339(text).with_context(|| format!("timestamps.{field}"))?.timestamp_millis())
+}
+
+pub async fn end_to_end(ctx: &Ctx, run: &mut Run, tag: &str) -> anyhow::Result<()> {
+    let n = ctx.plan.e2e_tasks;
+    with_gateway(ctx, &format!("{tag}_e2e"), "all", &ctx.repo_topics, async |gw: &Gateway| {
+        load::submit_many(ctx, &gw.base, &format!("{}-{tag}-e", ctx.run_id), "say_hello", n).await?;
+        let within = Duration::from_secs(120) + Duration::from_millis(100 * n as u64);
+        let done = |s: &Value| {
+            let failed = load::count(s, "failed");
+            if failed > 0 {
+                bail!("{failed} say_hello tasks failed: {s}");
+            }
+            Ok(load::count(s, "succeeded") == n as u64)
+        };
+        let succeeded = |s: &Value| load::count(s, "succeeded");
+        load::wait_for(ctx, &gw.base, "say_hello tasks", within, Duration::from_secs(60), succeeded, done).await?;
+        let tasks = load::all_tasks(ctx, &gw.base, "succeeded", "say_hello").await?;
+        if tasks.len() != n {
+            bail!("statistics say {n} succeeded, the task list has {}", tasks.len());
+        }
+        let mut latencies = Vec::with_capacity(n);
+        let (mut first, mut last) = (i64::MAX, i64::MIN);
+        for task in &tasks {
+            let (created, completed) = (millis(task, "created_at")?, millis(task, "completed_at")?);
+            latencies.push((completed - created) as f64);
+            first = first.min(created);
+            last = last.max(completed);
+        }
+        // Millisecond timestamps: a span under 1 ms cannot happen with more than a handful of tasks.
+        let span_s = ((last - first).max(1)) as f64 / 1e3;
+        let rate = n as f64 / span_s;
+        let p50 = percentile(&mut latencies, 50.0).context("no latencies")?;
+        let p99 = percentile(&mut latencies, 99.0).context("no latencies")?;
+        eprintln!("[bench] end to end: {n} in {span_s:.1} s = {rate:.0} tasks/s, p50 {p50:.0} ms, p99 {p99:.0} ms");
+        run.insert(M::E2eRate, rate);
+        run.insert(M::E2eP50, p50);
+        run.insert(M::E2eP99, p99);
+        Ok(())
+    })
+    .await
+}
+
+pub async fn memory_in_flight(ctx: &Ctx, run: &mut Run, tag: &str) -> anyhow::Result<()> {
+    let n = ctx.plan.memory_tasks;
+    let downstream = HoldServer::start().await?;
+    let topics = ctx.tmp.join(format!("topics-{tag}"));
+    std::fs::create_dir_all(&topics)?;
+    for name in crate::gateway::topic_names(&ctx.repo_topics)? {
+        let file = format!("{name}.toml");
+        std::fs::copy(ctx.repo_topics.join(&file), topics.join(&file))?;
+    }
+    let hold_topic = format!(
+        "# bench: every task is held open by a stand-in downstream until the bench releases it.\n\
+         description = \"bench: held until released\"\nhandler = \"http\"\nurl = \"{}\"\n\
+         timeout_seconds = 900\n# The prefetch: all N messages delivered and handled at once.\nconcurrency = {n}\n\n\
+         [retry]\nmax_attempts = 1\n",
+        downstream.url()
+    );
+    std::fs::write(topics.join("bench_hold.toml"), hold_topic)?;
+    let result = with_gateway(ctx, &format!("{tag}_inflight"), "all", &topics, async |gw: &Gateway| {
+        load::submit_many(ctx, &gw.base, &format!("{}-{tag}-h", ctx.run_id), "bench_hold", n).await?;
+        let started = std::time::Instant::now();
+        let (mut last, mut last_change) = (0, std::time::Instant::now());
+        while downstream.held() < n {
+            let held = downstream.held();
+            if held != last {
+                (last, last_change) = (held, std::time::Instant::now());
+            }
+            if last_change.elapsed() > Duration::from_secs(60) {
+                let stats = load::statistics(ctx, &gw.base).await.unwrap_or_default();
+                bail!(
+                    "only {held} of {n} tasks reached their handler after {:.0} s: {stats}",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Sampled a few times: the figure is the resident size with all N running, not a blip.
+        let mut rss: f64 = 0.0;
+        let mut peak: f64 = 0.0;
+        for _ in 0..5 {
+            let m = gw.memory()?;
+            (rss, peak) = (rss.max(m.rss_mib), peak.max(m.peak_mib));
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        let stats = load::statistics(ctx, &gw.base).await?;
+        eprintln!(
+            "[bench] {n} in flight after {:.1} s (statistics: {} processing): RSS {rss:.1} MiB (peak {peak:.1})",
+            started.elapsed().as_secs_f64(),
+            load::count(&stats, "processing")
+        );
+        run.insert(M::RssInFlight, rss);
+        run.insert(M::RssInFlightPeak, peak);
+        downstream.release();
+        Ok(())
+    })
+    .await;
+    downstream.release();
+    result
+}

@@ -1,0 +1,235 @@
+//! What one benchmark invocation shares: the plan (counts and durations), connections to the
+//! services, the paths of the gateway binary and the wrk script, a unique name prefix, and the list
+//! of everything created so far, which [`Ctx::cleanup`] removes at the end whatever happened.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::Duration,
+};
+
+use anyhow::Context;
+use lapin::{
+    Connection, ConnectionProperties,
+    options::{ExchangeDeleteOptions, QueueDeleteOptions},
+};
+use worker_api_gateway::broker::Topology;
+
+/// Counts and durations of one invocation.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub smoke: bool,
+    pub runs: usize,
+    /// Length of each raw-limit measurement.
+    pub limit_duration: Duration,
+    /// Concurrent `insert_one` loops (the gateway's pool is 10 connections; SecantusDB gets
+    /// slower, not faster, with many).
+    pub mongo_single_concurrency: usize,
+    /// Concurrent `insert_many` loops of [`BATCH`] documents.
+    pub mongo_batch_concurrency: usize,
+    /// Publishes awaiting their confirm at once.
+    pub publish_window: usize,
+    /// wrk connections at peak load (the issue asks for at least 64); half load uses half.
+    pub wrk_connections: u32,
+    pub wrk_threads: u32,
+    pub wrk_duration_s: u64,
+    /// Unmeasured load before the peak measurement (connection pools, allocator).
+    pub wrk_warmup_s: u64,
+    /// Concurrent HTTP clients for fixed-count submissions.
+    pub submit_concurrency: usize,
+    pub e2e_tasks: usize,
+    pub memory_tasks: usize,
+}
+
+/// Documents per `insert_many` in the batched raw limit.
+pub const BATCH: usize = 100;
+
+impl Plan {
+    pub fn full() -> Self {
+        Self {
+            smoke: false,
+            runs: 1,
+            limit_duration: Duration::from_secs(5),
+            mongo_single_concurrency: 4,
+            mongo_batch_concurrency: 2,
+            publish_window: 1000,
+            wrk_connections: 64,
+            wrk_threads: 2,
+            wrk_duration_s: 20,
+            wrk_warmup_s: 3,
+            submit_concurrency: 64,
+            e2e_tasks: 5000,
+            memory_tasks: 10_000,
+        }
+    }
+
+    pub fn smoke() -> Self {
+        Self {
+            smoke: true,
+            limit_duration: Duration::from_secs(1),
+            wrk_duration_s: 3,
+            wrk_warmup_s: 1,
+            e2e_tasks: 300,
+            memory_tasks: 300,
+            ..Self::full()
+        }
+    }
+}
+
+enum Leftover {
+    Database(String),
+    Queue(String),
+    Exchange(String),
+}
+
+pub struct Ctx {
+    pub plan: Plan,
+    /// Prefix of every database, exchange, queue and task id this invocation creates.
+    pub run_id: String,
+    /// Scratch folder: wrk script, topic files, gateway logs.
+    pub tmp: PathBuf,
+    pub gateway_bin: PathBuf,
+    /// The repository's topic files.
+    pub repo_topics: PathBuf,
+    pub lua_script: PathBuf,
+    pub mongo_uri: String,
+    pub rabbit_url: String,
+    pub mongo: mongodb::Client,
+    pub http: reqwest::Client,
+    leftovers: Mutex<Vec<Leftover>>,
+}
+
+fn env(var: &str) -> anyhow::Result<String> {
+    std::env::var(var)
+        .with_context(|| format!("{var} is not set: `scripts/services.sh up` then `source .services/env`"))
+}
+
+impl Ctx {
+    pub async fn new(plan: Plan, gateway: Option<PathBuf>) -> anyhow::Result<Self> {
+        let gateway_bin = match gateway {
+            Some(path) => path,
+            None => std::env::current_exe()?.with_file_name("worker-api-gateway"),
+        };
+        anyhow::ensure!(
+            gateway_bin.is_file(),
+            "no gateway binary at {} (cargo build --release --bins)",
+            gateway_bin.display()
+        );
+        which_wrk()?;
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let run_id = format!("wagbench_{}_{:x}", std::process::id(), secs & 0xff_ffff);
+        let tmp = std::env::temp_dir().join(&run_id);
+        std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let lua_script = tmp.join("submit.lua");
+        std::fs::write(&lua_script, include_str!("submit.lua"))?;
+        let mongo_uri = env("MONGODB_URI")?;
+        let mut options = mongodb::options::ClientOptions::parse(&mongo_uri).await.context("MONGODB_URI")?;
+        // The gateway's own pool size, so the raw limits are measured the way the gateway connects.
+        options.max_pool_size = Some(10);
+        options.server_selection_timeout = Some(Duration::from_secs(10));
+        let mongo = mongodb::Client::with_options(options)?;
+        mongo.database("admin").run_command(bson::doc! {"ping": 1}).await.context("MongoDB does not answer")?;
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+        eprintln!("[bench] prefix {run_id}, scratch {}, gateway {}", tmp.display(), gateway_bin.display());
+        Ok(Self {
+            plan,
+            run_id,
+            tmp,
+            gateway_bin,
+            repo_topics: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("topics"),
+            lua_script,
+            mongo_uri,
+            rabbit_url: env("RABBITMQ_URL")?,
+            mongo,
+            http,
+            leftovers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// A name under this invocation's prefix (databases allow 63 bytes; ours stay far below).
+    pub fn name(&self, suffix: &str) -> String {
+        format!("{}_{suffix}", self.run_id)
+    }
+
+    pub fn remember_database(&self, name: &str) {
+        self.push(Leftover::Database(name.to_owned()));
+    }
+
+    pub fn remember_queue(&self, name: &str) {
+        self.push(Leftover::Queue(name.to_owned()));
+    }
+
+    /// A gateway's exchange and every queue and exchange it derives from it for `topics`.
+    pub fn remember_topology(&self, exchange: &str, topics: &[String]) {
+        let t = Topology { exchange: exchange.to_owned(), delivery_limit: 1 };
+        for topic in topics {
+            self.push(Leftover::Queue(t.queue(topic)));
+        }
+        self.push(Leftover::Queue(t.dead_queue()));
+        self.push(Leftover::Exchange(t.dead_letter_exchange()));
+        self.push(Leftover::Exchange(exchange.to_owned()));
+    }
+
+    fn push(&self, item: Leftover) {
+        if let Ok(mut list) = self.leftovers.lock() {
+            list.push(item);
+        }
+    }
+
+    /// Drops the databases, deletes the queues and exchanges, removes the scratch folder.
+    /// Best effort: a failure is reported, never fatal.
+    pub async fn cleanup(&self) {
+        let items: Vec<Leftover> = self.leftovers.lock().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default();
+        let mut broker = Vec::new();
+        for item in items {
+            match item {
+                Leftover::Database(name) => {
+                    if let Err(e) = self.mongo.database(&name).drop().await {
+                        eprintln!("[bench] cleanup: dropping database {name}: {e}");
+                    }
+                }
+                other => broker.push(other),
+            }
+        }
+        if let Err(e) = self.delete_broker_objects(&broker).await {
+            eprintln!("[bench] cleanup: RabbitMQ: {e:#}");
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.tmp) {
+            eprintln!("[bench] cleanup: removing {}: {e}", self.tmp.display());
+        }
+    }
+
+    async fn delete_broker_objects(&self, items: &[Leftover]) -> anyhow::Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let conn = Connection::connect(&self.rabbit_url, ConnectionProperties::default()).await?;
+        let mut channel = conn.create_channel().await?;
+        for item in items {
+            let result = match item {
+                Leftover::Queue(q) => {
+                    channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await.map(drop)
+                }
+                Leftover::Exchange(x) => {
+                    channel.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()).await
+                }
+                Leftover::Database(_) => Ok(()),
+            };
+            if let Err(e) = result {
+                eprintln!("[bench] cleanup: {e}");
+                // A refused operation closes the channel; carry on with a new one.
+                channel = conn.create_channel().await?;
+            }
+        }
+        let _ = conn.close(200, "bench done".into()).await;
+        Ok(())
+    }
+}
+
+fn which_wrk() -> anyhow::Result<()> {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| Path::new(&dir).join("wrk").is_file()))
+        .unwrap_or(false);
+    anyhow::ensure!(found, "wrk is not on the PATH: apt-get install wrk (scripts/bench.sh installs it)");
+    Ok(())
+}
