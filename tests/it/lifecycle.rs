@@ -200,3 +200,29 @@ async fn shutdown_gives_back_an_attempt_that_outlives_the_grace_period() {
     assert_eq!(done["attempts"], 2);
     next.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_gateway_and_a_worker_only_gateway_split_the_work() {
+    let api =
+        spawn_app_with(AppOptions { vars: vec![("GATEWAY_MODE".into(), "api".into())], ..Default::default() }).await;
+    let reuse = Some((api.database.clone(), api.exchange.clone()));
+    let worker = spawn_app_with(AppOptions {
+        vars: vec![("GATEWAY_MODE".into(), "worker".into())],
+        reuse,
+        ..Default::default()
+    })
+    .await;
+    // The worker serves only health, liveness and metrics.
+    assert_eq!(worker.submit(&body("split-0", "say_hello", json!({}))).await.0, 404);
+    assert_eq!(worker.get("/health").await.status().as_u16(), 200);
+    assert_eq!(worker.get("/metrics").await.status().as_u16(), 200);
+
+    api.submit(&body("split-1", "say_hello", json!({"name": "Split"}))).await;
+    let task = api.wait_status("split-1", "succeeded", WAIT).await;
+    assert_eq!(task["result"]["greeting"], "Hello, Split!");
+    let metrics = worker.get("/metrics").await.text().await.unwrap_or_default();
+    assert!(metrics.contains(r#"gateway_task_outcomes_total{topic="say_hello",outcome="succeeded"} 1"#), "{metrics}");
+    worker.cleanup().await;
+    let mut api = api;
+    api.stop().await;
+}
