@@ -77,9 +77,7 @@ impl Poller {
                 Ok(tasks) => {
                     backoff = Duration::from_millis(500);
                     // An empty answer after a long poll just means "no tasks": ask again at once.
-                    for task in tasks {
-                        self.accept(task, &topics).await;
-                    }
+                    futures::future::join_all(tasks.into_iter().map(|task| self.accept(task, &topics))).await;
                 }
                 Err(error) => {
                     tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "pull mode: Camunda unreachable");

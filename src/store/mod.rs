@@ -174,7 +174,8 @@ pub trait TaskStore: Send + Sync {
     /// Final tasks whose Camunda report is owed and due, oldest first.
     async fn due_reports(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<TaskRecord>, StoreError>;
 
-    /// Moves a due report from `seen` to `until` so no other reporter sends it meanwhile.
+    /// Moves a due report from `seen` to `until` so no other reporter sends it meanwhile, and
+    /// counts the send about to start in `camunda.report_attempts`.
     async fn take_report(&self, task_id: &str, seen: DateTime<Utc>, until: DateTime<Utc>) -> Result<bool, StoreError>;
 
     /// Records what became of a report attempt.

@@ -46,7 +46,9 @@ impl MongoStore {
             .tasks()
             .update_one(
                 doc! {"_id": task_id, "camunda.report_state": "pending", "camunda.report_due_at": bdate(seen)},
-                doc! {"$set": {"camunda.report_due_at": bdate(until)}},
+                // Counted when taken, before the send: if the process dies after Camunda's 2xx,
+                // the next sender knows an earlier send may have landed.
+                doc! {"$set": {"camunda.report_due_at": bdate(until)}, "$inc": {"camunda.report_attempts": 1}},
             )
             .await
             .map_err(classify)?;
@@ -59,16 +61,13 @@ impl MongoStore {
             ReportOutcome::Reported => doc! {
                 "$set": {"camunda.report_state": "reported", "camunda.reported_at": now, "updated_at": now},
                 "$unset": {"camunda.report_due_at": ""},
-                "$inc": {"camunda.report_attempts": 1},
             },
             ReportOutcome::Failed { error } => doc! {
                 "$set": {"camunda.report_state": "report_failed", "camunda.last_report_error": error, "updated_at": now},
                 "$unset": {"camunda.report_due_at": ""},
-                "$inc": {"camunda.report_attempts": 1},
             },
             ReportOutcome::Retry { error, at } => doc! {
                 "$set": {"camunda.last_report_error": error, "camunda.report_due_at": bdate(at), "updated_at": now},
-                "$inc": {"camunda.report_attempts": 1},
             },
         };
         self.tasks()
