@@ -145,6 +145,9 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Set when `CAMUNDA_URL` is.
     pub camunda: Option<CamundaSettings>,
+    /// `SUBMIT_BATCH_MAX` (100): most submissions written in one batch (group commit); 1 turns
+    /// batching off.
+    pub submit_batch_max: usize,
 }
 
 /// A variable that could not be used; the message names it.
@@ -243,6 +246,7 @@ impl Settings {
             relay_interval: Duration::from_millis(r.parse_or("RELAY_INTERVAL_MS", 1000, positive)?),
             shutdown_grace: Duration::from_secs(r.parse_or("SHUTDOWN_GRACE_SECONDS", 30, |s| s.parse().ok())?),
             camunda,
+            submit_batch_max: r.parse_or("SUBMIT_BATCH_MAX", 100, positive_usize)?,
         };
         Ok(settings)
     }

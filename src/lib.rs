@@ -8,6 +8,7 @@ pub mod config;
 pub mod dispatch;
 pub mod domain;
 pub mod http;
+pub mod intake;
 pub mod metrics;
 pub mod relay;
 pub mod startup;

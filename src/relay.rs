@@ -31,13 +31,7 @@ pub async fn publish_held(
     task: &TaskRecord,
     until: DateTime<Utc>,
 ) -> bool {
-    let body = serde_json::json!({
-        "task_id": task.task_id,
-        "worker_id": task.worker_id,
-        "topic": task.topic,
-        "variables": task.variables,
-    });
-    let body = body.to_string();
+    let body = message_body(task);
     match broker.publish(&task.topic, body.as_bytes(), task.attempts + 1).await {
         Ok(()) => {
             if let Err(error) = store.publish_confirmed(&task.task_id, until).await {
@@ -52,6 +46,17 @@ pub async fn publish_held(
             false
         }
     }
+}
+
+/// The message for a task: the submission JSON, as a worker publishing directly would send it.
+pub fn message_body(task: &TaskRecord) -> String {
+    serde_json::json!({
+        "task_id": task.task_id,
+        "worker_id": task.worker_id,
+        "topic": task.topic,
+        "variables": task.variables,
+    })
+    .to_string()
 }
 
 #[derive(Clone)]

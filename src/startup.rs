@@ -13,6 +13,7 @@ use crate::{
     config::Settings,
     dispatch::Dispatcher,
     http::{AppState, router},
+    intake::Intake,
     metrics::Metrics,
     relay::Relay,
     store::{MongoStore, TaskStore},
@@ -68,17 +69,20 @@ impl Application {
         if let Some(reporter) = &reporter {
             dispatcher = dispatcher.with_reporter(reporter.clone());
         }
+        let broker_handle: Arc<dyn Broker> = Arc::new(broker.clone());
+        let intake = Intake::start(store.clone(), broker_handle.clone(), metrics.clone(), settings.submit_batch_max);
         let addr = SocketAddr::new(settings.host, settings.port);
         let listener =
             TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot bind {addr} (HOST/PORT): {e}"))?;
         let state = AppState {
             store,
-            broker: Arc::new(broker.clone()),
+            broker: broker_handle,
             registry,
             metrics,
             settings: Arc::new(settings),
             started: Instant::now(),
             camunda,
+            intake,
         };
         Ok(Self { listener, state, broker, dispatcher, reporter, stop })
     }

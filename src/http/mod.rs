@@ -30,6 +30,8 @@ pub struct AppState {
     pub started: Instant,
     /// Set in report mode (`CAMUNDA_URL`).
     pub camunda: Option<CamundaClient>,
+    /// Group commit for submissions.
+    pub intake: crate::intake::Intake,
 }
 
 #[derive(OpenApi)]

@@ -121,24 +121,23 @@ pub async fn submit(
     if !missing.is_empty() {
         return Err(ApiError::invalid("required variables missing", missing));
     }
-    let hold = publish_hold_until(Utc::now());
     let new = NewTask {
         submission: submission.clone(),
         max_attempts: topic.spec.retry.max_attempts,
         source: TaskSource::Http,
         camunda: if state.camunda.is_some() { CamundaLink::pending() } else { CamundaLink::not_applicable() },
-        publish_due_at: hold,
+        // The intake sets the batch's own hold.
+        publish_due_at: Utc::now(),
     };
     let task_id = submission.task_id.to_string();
-    match state.store.insert(new).await? {
+    match state.intake.submit(new).await? {
         InsertOutcome::Created(task) => {
             state
                 .metrics
                 .submits
                 .get_or_create(&crate::metrics::SubmitLabels { topic: task.topic.clone(), result: "created".into() })
                 .inc();
-            // Stored first, published second: if this publish fails the relay sends it later.
-            publish_held(state.store.as_ref(), state.broker.as_ref(), &state.metrics, &task, hold).await;
+            // Stored; the intake publishes it next, and the relay does if that publish fails.
             tracing::info!("task submitted");
             Ok(Json(SubmitResponse {
                 status: "submitted",

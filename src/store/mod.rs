@@ -122,6 +122,9 @@ pub trait TaskStore: Send + Sync {
     /// Stores a task unless its id exists; tells which happened.
     async fn insert(&self, task: NewTask) -> Result<InsertOutcome, StoreError>;
 
+    /// Stores many tasks in one round trip; one outcome per task, in order. Group commit uses it.
+    async fn insert_batch(&self, tasks: Vec<NewTask>) -> Vec<Result<InsertOutcome, StoreError>>;
+
     async fn get(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError>;
 
     /// Tasks whose publish is due (pending or a retry whose time has come), oldest first.
@@ -133,6 +136,9 @@ pub trait TaskStore: Send + Sync {
 
     /// The broker confirmed the publish held until `until`: nothing more to publish.
     async fn publish_confirmed(&self, task_id: &str, until: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// `publish_confirmed` for many tasks whose publish was held until the same `until`.
+    async fn publish_confirmed_many(&self, task_ids: &[String], until: DateTime<Utc>) -> Result<(), StoreError>;
 
     /// queued/retrying (and due) → processing for one more attempt, with a lease. `None` when the
     /// task is not claimable (already claimed, final, cancelled, not yet due, or unknown).

@@ -2,7 +2,7 @@
 //! `updateOne` whose filter holds the expected state; no multi-document transactions. It must not
 //! log variables or URIs.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use async_trait::async_trait;
 use bson::{DateTime as BsonDate, Document, doc};
@@ -148,6 +148,19 @@ impl MongoStore {
         Ok(changed.is_some())
     }
 
+    /// The id exists: an idempotent resubmit if the body matches, a conflict otherwise.
+    async fn compare_existing(&self, record: &TaskRecord) -> Result<InsertOutcome, StoreError> {
+        let existing = self
+            .get(&record.task_id)
+            .await?
+            .ok_or_else(|| StoreError::Other("duplicate key, yet no task with that id".into()))?;
+        Ok(if existing.fingerprint == record.fingerprint {
+            InsertOutcome::Existing(Box::new(existing))
+        } else {
+            InsertOutcome::Conflict(Box::new(existing))
+        })
+    }
+
     /// Explains a refused user transition: unknown id, or the state it is in.
     async fn refusal(&self, task_id: &str) -> TransitionError {
         match self.get(task_id).await {
@@ -166,49 +179,54 @@ impl TaskStore for MongoStore {
 
     #[tracing::instrument(skip_all, fields(task_id = %task.submission.task_id))]
     async fn insert(&self, task: NewTask) -> Result<InsertOutcome, StoreError> {
-        let now = BsonDate::now();
-        let s = &task.submission;
-        let record = TaskRecord {
-            task_id: s.task_id.to_string(),
-            worker_id: s.worker_id.to_string(),
-            topic: s.topic.to_string(),
-            variables: s.variables.clone(),
-            fingerprint: s.fingerprint(),
-            source: task.source,
-            status: TaskStatus::Queued,
-            substatus: None,
-            attempts: 0,
-            max_attempts: task.max_attempts,
-            result: None,
-            error_message: None,
-            error_code: None,
-            retries: 0,
-            processing_steps: Vec::new(),
-            processing_time_ms: None,
-            created_at: now,
-            updated_at: now,
-            started_at: None,
-            completed_at: None,
-            lease_until: None,
-            next_attempt_at: None,
-            publish_due_at: Some(bdate(task.publish_due_at)),
-            camunda: task.camunda,
-        };
+        let record = new_record(task, BsonDate::now());
         match self.tasks.insert_one(&record).await {
             Ok(_) => Ok(InsertOutcome::Created(Box::new(record))),
-            Err(e) if is_duplicate_key(&e) => {
-                let existing = self
-                    .get(&record.task_id)
-                    .await?
-                    .ok_or_else(|| StoreError::Other("duplicate key, yet no task with that id".into()))?;
-                if existing.fingerprint == record.fingerprint {
-                    Ok(InsertOutcome::Existing(Box::new(existing)))
-                } else {
-                    Ok(InsertOutcome::Conflict(Box::new(existing)))
-                }
-            }
+            Err(e) if is_duplicate_key(&e) => self.compare_existing(&record).await,
             Err(e) => Err(classify(e)),
         }
+    }
+
+    async fn insert_batch(&self, tasks: Vec<NewTask>) -> Vec<Result<InsertOutcome, StoreError>> {
+        let now = BsonDate::now();
+        let records: Vec<TaskRecord> = tasks.into_iter().map(|t| new_record(t, now)).collect();
+        // Unordered: one duplicate does not stop the others; each failure comes back with its index.
+        let failed: HashMap<usize, (i32, String)> = match self.tasks.insert_many(&records).ordered(false).await {
+            Ok(_) => HashMap::new(),
+            Err(e) => match e.kind.as_ref() {
+                ErrorKind::InsertMany(many) if many.write_concern_error.is_none() => {
+                    many.write_errors.iter().flatten().map(|w| (w.index, (w.code, w.message.clone()))).collect()
+                }
+                // Nothing is known of any document: every request gets the error.
+                _ => {
+                    let error = classify(e);
+                    return records.iter().map(|_| Err(error.clone())).collect();
+                }
+            },
+        };
+        let mut outcomes = Vec::with_capacity(records.len());
+        for (i, record) in records.into_iter().enumerate() {
+            outcomes.push(match failed.get(&i) {
+                None => Ok(InsertOutcome::Created(Box::new(record))),
+                Some((11000, _)) => self.compare_existing(&record).await,
+                Some((code, message)) => Err(StoreError::Other(format!(
+                    "insert refused ({code}): {}",
+                    message.chars().take(200).collect::<String>()
+                ))),
+            });
+        }
+        outcomes
+    }
+
+    async fn publish_confirmed_many(&self, task_ids: &[String], until: DateTime<Utc>) -> Result<(), StoreError> {
+        self.tasks
+            .update_many(
+                doc! {"_id": {"$in": task_ids}, "publish_due_at": bdate(until)},
+                doc! {"$unset": {"publish_due_at": ""}},
+            )
+            .await
+            .map_err(classify)?;
+        Ok(())
     }
 
     async fn get(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError> {
@@ -474,6 +492,37 @@ impl TaskStore for MongoStore {
             by_worker,
             average_processing_time_ms: average,
         })
+    }
+}
+
+/// The stored form of a new task: queued, no attempt yet, its publish owed from `publish_due_at`.
+fn new_record(task: NewTask, now: BsonDate) -> TaskRecord {
+    let s = task.submission;
+    TaskRecord {
+        task_id: s.task_id.to_string(),
+        worker_id: s.worker_id.to_string(),
+        topic: s.topic.to_string(),
+        fingerprint: s.fingerprint(),
+        variables: s.variables,
+        source: task.source,
+        status: TaskStatus::Queued,
+        substatus: None,
+        attempts: 0,
+        max_attempts: task.max_attempts,
+        result: None,
+        error_message: None,
+        error_code: None,
+        retries: 0,
+        processing_steps: Vec::new(),
+        processing_time_ms: None,
+        created_at: now,
+        updated_at: now,
+        started_at: None,
+        completed_at: None,
+        lease_until: None,
+        next_attempt_at: None,
+        publish_due_at: Some(bdate(task.publish_due_at)),
+        camunda: task.camunda,
     }
 }
 
