@@ -183,9 +183,14 @@ impl Dispatcher {
         let attempt = task.attempts;
         let key = (task.task_id.clone(), attempt);
         self.in_flight.lock().map(|mut set| set.insert(key.clone())).ok();
-        let progress = Arc::new(StoreProgress { store: self.store.clone(), task_id: task.task_id.clone(), attempt });
-        let ctx =
-            HandlerContext::new(task.task_id.clone(), task.worker_id.clone(), task.topic.clone(), attempt, progress);
+        let progress = Arc::new(StoreProgress::new(self.store.clone(), task.task_id.clone(), attempt));
+        let ctx = HandlerContext::new(
+            task.task_id.clone(),
+            task.worker_id.clone(),
+            task.topic.clone(),
+            attempt,
+            progress.clone(),
+        );
         let label = Metrics::topic(&task.topic);
         let in_flight = self.metrics.in_flight.get_or_create(&label).clone();
         in_flight.inc();
@@ -227,28 +232,26 @@ impl Dispatcher {
             ),
         };
         let elapsed_ms = i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX);
-        let recorded = self.record(&task, topic, elapsed_ms, outcome, processed, next_attempt_in).await;
+        let steps = progress.close().await;
+        let end = AttemptEnd { elapsed_ms, steps, outcome, processed, next_attempt_in };
+        let recorded = self.record(&task, topic, end).await;
         self.in_flight.lock().map(|mut set| set.remove(&key)).ok();
         recorded
     }
 
     /// Stores how the task's current attempt ended (waiting out a store outage), then reports it.
-    async fn record(
-        &self,
-        task: &TaskRecord,
-        topic: &Topic,
-        elapsed_ms: i64,
-        outcome: AttemptOutcome,
-        processed: Processed,
-        next_attempt_in: Duration,
-    ) -> Processed {
+    async fn record(&self, task: &TaskRecord, topic: &Topic, end: AttemptEnd) -> Processed {
+        let AttemptEnd { elapsed_ms, steps, outcome, processed, next_attempt_in } = end;
         let attempt = task.attempts;
         let outcome_name = match processed {
             Processed::Succeeded => "succeeded",
             Processed::Retrying => "retrying",
             _ => "failed",
         };
-        match self.patiently(|| self.store.finish(&task.task_id, attempt, elapsed_ms, outcome.clone())).await {
+        match self
+            .patiently(|| self.store.finish(&task.task_id, attempt, elapsed_ms, steps.clone(), outcome.clone()))
+            .await
+        {
             Some(Ok(Some(recorded))) => {
                 self.report(recorded, next_attempt_in, topic);
                 self.metrics
@@ -310,6 +313,17 @@ impl Dispatcher {
     }
 }
 
+/// How one attempt ended, as the dispatcher records it.
+struct AttemptEnd {
+    elapsed_ms: i64,
+    /// Processing steps not yet written.
+    steps: Vec<ProcessingStep>,
+    outcome: AttemptOutcome,
+    processed: Processed,
+    /// For a retry: the backoff before the next attempt.
+    next_attempt_in: Duration,
+}
+
 fn submit_labels(topic: &str, result: &str) -> crate::metrics::SubmitLabels {
     crate::metrics::SubmitLabels { topic: topic.to_owned(), result: result.to_owned() }
 }
@@ -325,18 +339,76 @@ impl DeliveryHandler for Dispatcher {
     }
 }
 
-/// Writes a handler's progress to the task while its attempt holds it.
+/// How long a step may wait in memory before it is written: a fast handler's steps ride along
+/// with its outcome (one write instead of one per step); a slow handler's show up within this.
+const PROGRESS_FLUSH: Duration = Duration::from_millis(250);
+
+/// Collects a handler's progress and writes it to the task while its attempt holds it.
 struct StoreProgress {
+    inner: Arc<ProgressInner>,
+}
+
+struct ProgressInner {
     store: Arc<dyn TaskStore>,
     task_id: String,
     attempt: u32,
+    buffer: tokio::sync::Mutex<ProgressBuffer>,
+}
+
+#[derive(Default)]
+struct ProgressBuffer {
+    substatus: Option<String>,
+    steps: Vec<ProcessingStep>,
+    flush_scheduled: bool,
+    /// The attempt finished: its steps went with the outcome.
+    closed: bool,
+}
+
+impl StoreProgress {
+    fn new(store: Arc<dyn TaskStore>, task_id: String, attempt: u32) -> Self {
+        let buffer = tokio::sync::Mutex::new(ProgressBuffer::default());
+        Self { inner: Arc::new(ProgressInner { store, task_id, attempt, buffer }) }
+    }
+
+    /// Takes the steps not yet written, for the outcome's own update, and stops further writes.
+    async fn close(&self) -> Vec<ProcessingStep> {
+        // Waits for a flush in progress, so no step is written after the outcome.
+        let mut buffer = self.inner.buffer.lock().await;
+        buffer.closed = true;
+        std::mem::take(&mut buffer.steps)
+    }
+}
+
+impl ProgressInner {
+    async fn flush_later(self: Arc<Self>) {
+        tokio::time::sleep(PROGRESS_FLUSH).await;
+        let mut buffer = self.buffer.lock().await;
+        buffer.flush_scheduled = false;
+        if buffer.closed || buffer.steps.is_empty() {
+            return;
+        }
+        let steps = std::mem::take(&mut buffer.steps);
+        let substatus = buffer.substatus.take();
+        if let Err(error) = self.store.record_progress(&self.task_id, self.attempt, substatus, steps).await {
+            tracing::warn!(%error, task_id = %self.task_id, "could not record processing steps");
+        }
+    }
 }
 
 #[async_trait]
 impl ProgressSink for StoreProgress {
     async fn record(&self, substatus: Option<String>, step: ProcessingStep) {
-        if let Err(error) = self.store.record_progress(&self.task_id, self.attempt, substatus, step).await {
-            tracing::warn!(%error, task_id = %self.task_id, "could not record a processing step");
+        let mut buffer = self.inner.buffer.lock().await;
+        if buffer.closed {
+            return;
+        }
+        buffer.steps.push(step);
+        if substatus.is_some() {
+            buffer.substatus = substatus;
+        }
+        if !buffer.flush_scheduled {
+            buffer.flush_scheduled = true;
+            tokio::spawn(self.inner.clone().flush_later());
         }
     }
 }

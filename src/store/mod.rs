@@ -144,22 +144,24 @@ pub trait TaskStore: Send + Sync {
     /// task is not claimable (already claimed, final, cancelled, not yet due, or unknown).
     async fn claim(&self, task_id: &str, lease_until: DateTime<Utc>) -> Result<Option<TaskRecord>, StoreError>;
 
-    /// Appends a processing step (and sets the substatus) while `attempt` still holds the task.
+    /// Appends processing steps (and sets the substatus) while `attempt` still holds the task.
     async fn record_progress(
         &self,
         task_id: &str,
         attempt: u32,
         substatus: Option<String>,
-        step: ProcessingStep,
+        steps: Vec<ProcessingStep>,
     ) -> Result<(), StoreError>;
 
     /// Records how `attempt` ended (it ran `elapsed_ms`): the updated task, or `None` if the
     /// task no longer belongs to that attempt.
+    /// `steps` are processing steps not yet written, stored in the same update.
     async fn finish(
         &self,
         task_id: &str,
         attempt: u32,
         elapsed_ms: i64,
+        steps: Vec<ProcessingStep>,
         outcome: AttemptOutcome,
     ) -> Result<Option<TaskRecord>, StoreError>;
 

@@ -281,9 +281,9 @@ impl TaskStore for MongoStore {
         task_id: &str,
         attempt: u32,
         substatus: Option<String>,
-        step: ProcessingStep,
+        steps: Vec<ProcessingStep>,
     ) -> Result<(), StoreError> {
-        let step = bson::to_bson(&step).map_err(|e| StoreError::Other(e.to_string()))?;
+        let steps = bson::to_bson(&steps).map_err(|e| StoreError::Other(e.to_string()))?;
         let mut set = doc! {"updated_at": BsonDate::now()};
         if let Some(sub) = substatus {
             set.insert("substatus", sub);
@@ -291,7 +291,7 @@ impl TaskStore for MongoStore {
         self.tasks
             .update_one(
                 doc! {"_id": task_id, "status": "processing", "attempts": attempt},
-                doc! {"$set": set, "$push": {"processing_steps": {"$each": [step], "$slice": -MAX_STEPS}}},
+                doc! {"$set": set, "$push": {"processing_steps": {"$each": steps, "$slice": -MAX_STEPS}}},
             )
             .await
             .map_err(classify)?;
@@ -304,6 +304,7 @@ impl TaskStore for MongoStore {
         task_id: &str,
         attempt: u32,
         elapsed_ms: i64,
+        steps: Vec<ProcessingStep>,
         outcome: AttemptOutcome,
     ) -> Result<Option<TaskRecord>, StoreError> {
         let now = BsonDate::now();
@@ -333,6 +334,10 @@ impl TaskStore for MongoStore {
         };
         if let Ok(set) = update.get_document_mut("$set") {
             set.insert("processing_time_ms", elapsed_ms);
+        }
+        if !steps.is_empty() {
+            let steps = bson::to_bson(&steps).map_err(|e| StoreError::Other(e.to_string()))?;
+            update.insert("$push", doc! {"processing_steps": {"$each": steps, "$slice": -MAX_STEPS}});
         }
         self.transition(task_id, event, this_attempt, update).await
     }

@@ -30,6 +30,7 @@ impl Handler for HttpHandler {
             "attempt": ctx.attempt,
             "variables": input,
         });
+        ctx.step(Some("calling_downstream"), "http_call", "started", None).await;
         let answer = self.client.post(&self.url).timeout(self.timeout).json(&body).send().await;
         let response = match answer {
             Ok(r) => r,
@@ -37,7 +38,7 @@ impl Handler for HttpHandler {
             Err(e) => return Err(HandlerError::retryable(format!("downstream unreachable: {}", e.without_url()))),
         };
         let status = response.status();
-        ctx.step(None, "http_call", &status.as_u16().to_string(), None).await;
+        ctx.step(Some("downstream_answered"), "http_call", &status.as_u16().to_string(), None).await;
         match status.as_u16() {
             200..=299 => {
                 let bytes = response

@@ -155,7 +155,7 @@ async fn an_expired_lease_sends_the_task_back_or_fails_it_when_no_attempts_remai
     assert_eq!((task["status"].as_str(), task["attempts"].as_u64()), (Some("failed"), Some(3)), "{task}");
     // A stale attempt finishing late changes nothing.
     let late = worker_api_gateway::store::AttemptOutcome::Succeeded { result: Default::default() };
-    assert!(store.finish("lease-1", 2, 5, late).await.expect("finish").is_none());
+    assert!(store.finish("lease-1", 2, 5, Vec::new(), late).await.expect("finish").is_none());
     app.cleanup().await;
 }
 
@@ -182,7 +182,11 @@ async fn shutdown_gives_back_an_attempt_that_outlives_the_grace_period() {
     })
     .await;
     app.submit(&body("linger-1", "lingering", json!({}))).await;
-    app.wait_status("linger-1", "processing", WAIT).await;
+    // A slow handler's progress shows while it runs.
+    let path = "/tasks/linger-1/status";
+    let running = app.wait_for("progress while running", WAIT, |v| v["substatus"] == "calling_downstream", path).await;
+    assert_eq!(running["status"], "processing");
+    assert_eq!(running["metadata"]["processing_steps"][0]["status"], "started", "{running}");
     app.stop().await;
     // Not stuck in processing until its 90 s lease runs out: back to retrying, due now.
     let task = app.status_from_store("linger-1").await;
