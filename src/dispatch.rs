@@ -11,16 +11,18 @@ use std::{
 };
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    batch::Coalescer,
     broker::{DeliveryHandler, Disposition},
     camunda::Reporter,
     domain::{Limits, Submission},
     metrics::{Metrics, OutcomeLabels},
     store::{
-        AttemptOutcome, CamundaLink, InsertOutcome, NewTask, StoreError, TaskRecord, TaskSource, TaskStore, lease_for,
+        AttemptOutcome, CamundaLink, Finish, InsertOutcome, NewTask, StoreError, TaskRecord, TaskSource, TaskStore,
+        lease_for,
     },
     topics::{HandlerContext, HandlerError, ProcessingStep, ProgressSink, Registry, Topic},
 };
@@ -52,6 +54,36 @@ pub struct Dispatcher {
     reporter: Option<Reporter>,
     /// Attempts running now, so shutdown can give back those that cannot finish in time.
     in_flight: Arc<Mutex<HashSet<(String, u32)>>>,
+    /// Group commit of claims and of attempt ends across concurrent deliveries.
+    claims: Coalescer<(String, DateTime<Utc>), StoreResult<Option<TaskRecord>>>,
+    finishes: Coalescer<Finish, StoreResult<Option<TaskRecord>>>,
+}
+
+type StoreResult<T> = Result<T, StoreError>;
+
+/// Most claims (or attempt ends) written in one round trip.
+const CONSUMER_BATCH_MAX: usize = 100;
+
+/// Claims in batches: one lease for the batch (the longest asked; a longer lease only delays
+/// the recovery of a crashed consumer), and a task asked for twice in one batch (a duplicate
+/// delivery) is handed to the first asker only.
+fn claim_writer(store: Arc<dyn TaskStore>) -> Coalescer<(String, DateTime<Utc>), StoreResult<Option<TaskRecord>>> {
+    Coalescer::start(CONSUMER_BATCH_MAX, move |batch: Vec<(String, DateTime<Utc>)>| {
+        let store = store.clone();
+        async move {
+            let lease = batch.iter().map(|(_, l)| *l).max().unwrap_or_else(Utc::now);
+            let mut ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
+            ids.dedup();
+            match store.claim_batch(ids, lease).await {
+                Ok(claimed) => {
+                    let mut by_id: std::collections::HashMap<String, TaskRecord> =
+                        claimed.into_iter().map(|t| (t.task_id.clone(), t)).collect();
+                    batch.iter().map(|(id, _)| Ok(by_id.remove(id))).collect()
+                }
+                Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
+            }
+        }
+    })
 }
 
 impl Dispatcher {
@@ -62,7 +94,13 @@ impl Dispatcher {
         limits: Limits,
         cancel: CancellationToken,
     ) -> Self {
-        Self { store, registry, metrics, limits, cancel, reporter: None, in_flight: Arc::default() }
+        let claims = claim_writer(store.clone());
+        let finish_store = store.clone();
+        let finishes = Coalescer::start(CONSUMER_BATCH_MAX, move |batch: Vec<Finish>| {
+            let store = finish_store.clone();
+            async move { store.finish_batch(batch).await }
+        });
+        Self { store, registry, metrics, limits, cancel, reporter: None, in_flight: Arc::default(), claims, finishes }
     }
 
     /// Report mode: each final outcome (and each retryable failure) is reported to Camunda.
@@ -116,7 +154,7 @@ impl Dispatcher {
         };
         let lease = Utc::now() + lease_for(topic.spec.timeout());
         let task_id = submission.task_id.as_str();
-        let claimed = match self.patiently(|| self.store.claim(task_id, lease)).await {
+        let claimed = match self.patiently(|| self.claim(task_id, lease)).await {
             None => return Processed::Interrupted,
             Some(Err(e)) => {
                 tracing::error!(error = %e, "claim failed");
@@ -169,7 +207,7 @@ impl Dispatcher {
             }
         }
         let task_id = submission.task_id.as_str();
-        match self.patiently(|| self.store.claim(task_id, lease)).await {
+        match self.patiently(|| self.claim(task_id, lease)).await {
             Some(Ok(task)) => {
                 // The message in hand serves as the publish.
                 let _ = self.store.publish_confirmed(task_id, new.publish_due_at).await;
@@ -249,7 +287,15 @@ impl Dispatcher {
             _ => "failed",
         };
         match self
-            .patiently(|| self.store.finish(&task.task_id, attempt, elapsed_ms, steps.clone(), outcome.clone()))
+            .patiently(|| {
+                self.finish(Finish {
+                    task_id: task.task_id.clone(),
+                    attempt,
+                    elapsed_ms,
+                    steps: steps.clone(),
+                    outcome: outcome.clone(),
+                })
+            })
             .await
         {
             Some(Ok(Some(recorded))) => {
@@ -298,6 +344,16 @@ impl Dispatcher {
 }
 
 impl Dispatcher {
+    async fn claim(&self, task_id: &str, lease: DateTime<Utc>) -> StoreResult<Option<TaskRecord>> {
+        let stopped = || StoreError::Unavailable("claim writer stopped".into());
+        self.claims.call((task_id.to_owned(), lease)).await.unwrap_or_else(|| Err(stopped()))
+    }
+
+    async fn finish(&self, finish: Finish) -> StoreResult<Option<TaskRecord>> {
+        let stopped = || StoreError::Unavailable("finish writer stopped".into());
+        self.finishes.call(finish).await.unwrap_or_else(|| Err(stopped()))
+    }
+
     /// Shutdown, after the grace period: attempts still running are given back (retrying, due
     /// now) so another gateway takes them at once instead of after their lease.
     pub async fn release_in_flight(&self) {

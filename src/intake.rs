@@ -8,83 +8,64 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use tokio::sync::{mpsc, oneshot};
 
 use crate::{
+    batch::Coalescer,
     broker::Broker,
     metrics::Metrics,
     relay::publish_hold_until,
     store::{InsertOutcome, NewTask, StoreError, TaskRecord, TaskStore},
 };
 
-struct Pending {
-    task: NewTask,
-    reply: oneshot::Sender<Result<InsertOutcome, StoreError>>,
-}
-
 /// Handle for submitting; cheap to clone. The writer stops when every handle is dropped.
 #[derive(Clone)]
 pub struct Intake {
-    tx: mpsc::Sender<Pending>,
+    writer: Coalescer<NewTask, Result<InsertOutcome, StoreError>>,
 }
 
 impl Intake {
     /// Starts the writer. `max_batch` bounds a batch (1 turns group commit off).
     pub fn start(store: Arc<dyn TaskStore>, broker: Arc<dyn Broker>, metrics: Metrics, max_batch: usize) -> Self {
-        // Room for a few batches: beyond that, submitters wait (backpressure), they are not refused.
-        let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
-        tokio::spawn(write_loop(rx, store, broker, metrics, max_batch.max(1)));
-        Self { tx }
+        let writer = Coalescer::start(max_batch, move |tasks: Vec<NewTask>| {
+            let (store, broker, metrics) = (store.clone(), broker.clone(), metrics.clone());
+            async move { write_batch(store, broker, metrics, tasks).await }
+        });
+        Self { writer }
     }
 
     /// Stores one task (in whatever batch it lands) and returns its outcome.
     pub async fn submit(&self, task: NewTask) -> Result<InsertOutcome, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Pending { task, reply })
+        self.writer
+            .call(task)
             .await
-            .map_err(|_| StoreError::Unavailable("the gateway is shutting down".into()))?;
-        answer.await.map_err(|_| StoreError::Other("the batch writer stopped mid-batch".into()))?
+            .unwrap_or_else(|| Err(StoreError::Unavailable("the gateway is shutting down".into())))
     }
 }
 
-async fn write_loop(
-    mut rx: mpsc::Receiver<Pending>,
+async fn write_batch(
     store: Arc<dyn TaskStore>,
     broker: Arc<dyn Broker>,
     metrics: Metrics,
-    max_batch: usize,
-) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
-        // One hold for the whole batch, so one update records all its confirmations.
-        let hold = publish_hold_until(Utc::now());
-        let (tasks, replies): (Vec<NewTask>, Vec<_>) = batch
-            .into_iter()
-            .map(|mut p| {
-                p.task.publish_due_at = hold;
-                (p.task, p.reply)
-            })
-            .unzip();
-        let outcomes = store.insert_batch(tasks).await;
-        let mut created = Vec::new();
-        for (outcome, reply) in outcomes.into_iter().zip(replies) {
-            if let Ok(InsertOutcome::Created(task)) = &outcome {
-                created.push((**task).clone());
-            }
-            // A submitter that went away still has its task stored and published.
-            let _ = reply.send(outcome);
-        }
-        if !created.is_empty() {
-            tokio::spawn(publish_batch(store.clone(), broker.clone(), metrics.clone(), created, hold));
-        }
+    mut tasks: Vec<NewTask>,
+) -> Vec<Result<InsertOutcome, StoreError>> {
+    // One hold for the whole batch, so one update records all its confirmations.
+    let hold = publish_hold_until(Utc::now());
+    for task in &mut tasks {
+        task.publish_due_at = hold;
     }
+    let outcomes = store.insert_batch(tasks).await;
+    let created: Vec<TaskRecord> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Ok(InsertOutcome::Created(task)) => Some((**task).clone()),
+            _ => None,
+        })
+        .collect();
+    if !created.is_empty() {
+        // The answers go out now; publishing does not hold them up.
+        tokio::spawn(publish_batch(store, broker, metrics, created, hold));
+    }
+    outcomes
 }
 
 /// Publishes a batch concurrently (the confirms overlap) and records the confirmed ones at once.

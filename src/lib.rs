@@ -2,6 +2,7 @@
 //! dispatched through RabbitMQ to the handler registered for their topic, retried with backoff,
 //! and inspectable over HTTP. `main.rs` only wires tracing, config and [`startup::Application`].
 
+pub mod batch;
 pub mod broker;
 pub mod camunda;
 pub mod config;

@@ -3,6 +3,7 @@
 //! about what the gateway needs, not about MongoDB, so a second backend can slot in.
 
 mod mongo;
+mod mongo_batch;
 mod mongo_camunda;
 mod record;
 
@@ -82,6 +83,16 @@ pub enum ReportOutcome {
     },
 }
 
+/// One attempt's end, for `finish_batch`.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub task_id: String,
+    pub attempt: u32,
+    pub elapsed_ms: i64,
+    pub steps: Vec<ProcessingStep>,
+    pub outcome: AttemptOutcome,
+}
+
 /// Why a user-requested transition (cancel, retry) was refused.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TransitionError {
@@ -143,6 +154,17 @@ pub trait TaskStore: Send + Sync {
     /// queued/retrying (and due) → processing for one more attempt, with a lease. `None` when the
     /// task is not claimable (already claimed, final, cancelled, not yet due, or unknown).
     async fn claim(&self, task_id: &str, lease_until: DateTime<Utc>) -> Result<Option<TaskRecord>, StoreError>;
+
+    /// Claims many tasks at once (same rules as `claim`, one lease for all); returns those
+    /// claimed. Group commit for consumers.
+    async fn claim_batch(
+        &self,
+        task_ids: Vec<String>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// Records many attempt ends at once; one result per item, as `finish` would answer.
+    async fn finish_batch(&self, finishes: Vec<Finish>) -> Vec<Result<Option<TaskRecord>, StoreError>>;
 
     /// Appends processing steps (and sets the substatus) while `attempt` still holds the task.
     async fn record_progress(

@@ -15,8 +15,8 @@ use mongodb::{
 };
 
 use super::{
-    AttemptOutcome, InsertOutcome, ListQuery, NewTask, ReportOutcome, Statistics, StoreError, TaskRecord, TaskSource,
-    TaskStore, TransitionError,
+    AttemptOutcome, Finish, InsertOutcome, ListQuery, NewTask, ReportOutcome, Statistics, StoreError, TaskRecord,
+    TaskSource, TaskStore, TransitionError,
 };
 use crate::{
     config::MongoSettings,
@@ -33,7 +33,7 @@ pub struct MongoStore {
     database: Database,
 }
 
-fn bdate(t: DateTime<Utc>) -> BsonDate {
+pub(super) fn bdate(t: DateTime<Utc>) -> BsonDate {
     BsonDate::from_chrono(t)
 }
 
@@ -112,15 +112,7 @@ impl MongoStore {
         extra_filter: Document,
         update: Document,
     ) -> Result<Option<TaskRecord>, StoreError> {
-        let t = event.transition();
-        let mut filter = doc! {"_id": task_id, "status": {"$in": states(t.from)}};
-        filter.extend(extra_filter);
-        let mut update = update;
-        let set = update.entry("$set".to_owned()).or_insert_with(|| doc! {}.into());
-        if let bson::Bson::Document(set) = set {
-            set.insert("status", t.to.as_str());
-            set.insert("updated_at", BsonDate::now());
-        }
+        let (filter, update) = transition_docs(doc! {"_id": task_id}, event, extra_filter, update);
         self.tasks.find_one_and_update(filter, update).return_document(ReturnDocument::After).await.map_err(classify)
     }
 
@@ -267,13 +259,20 @@ impl TaskStore for MongoStore {
 
     #[tracing::instrument(skip_all, fields(task_id))]
     async fn claim(&self, task_id: &str, lease_until: DateTime<Utc>) -> Result<Option<TaskRecord>, StoreError> {
-        let now = BsonDate::now();
-        let due = doc! {"$or": [{"next_attempt_at": null}, {"next_attempt_at": {"$lte": now}}]};
-        let update = doc! {
-            "$set": {"lease_until": bdate(lease_until), "started_at": now, "substatus": null},
-            "$inc": {"attempts": 1},
-        };
+        let (due, update) = claim_docs(lease_until, None);
         self.transition(task_id, Event::Claim, due, update).await
+    }
+
+    async fn claim_batch(
+        &self,
+        task_ids: Vec<String>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        self.claim_batch_impl(task_ids, lease_until).await
+    }
+
+    async fn finish_batch(&self, finishes: Vec<Finish>) -> Vec<Result<Option<TaskRecord>, StoreError>> {
+        self.finish_batch_impl(finishes).await
     }
 
     async fn record_progress(
@@ -307,39 +306,8 @@ impl TaskStore for MongoStore {
         steps: Vec<ProcessingStep>,
         outcome: AttemptOutcome,
     ) -> Result<Option<TaskRecord>, StoreError> {
-        let now = BsonDate::now();
-        let this_attempt = doc! {"attempts": attempt};
-        let (event, mut update) = match outcome {
-            AttemptOutcome::Succeeded { result } => {
-                let result = bson::to_bson(&result).map_err(|e| StoreError::Other(e.to_string()))?;
-                (
-                    Event::Succeed,
-                    doc! {"$set": {"result": result, "completed_at": now, "substatus": null, "camunda.report_due_at": now},
-                    "$unset": {"lease_until": "", "next_attempt_at": "", "error_message": "", "error_code": ""}},
-                )
-            }
-            AttemptOutcome::Retry { error, next_attempt_at } => (
-                Event::FailRetryable,
-                doc! {"$set": {"error_message": error, "next_attempt_at": bdate(next_attempt_at),
-                         "publish_due_at": bdate(next_attempt_at)},
-                "$inc": {"retries": 1},
-                "$unset": {"lease_until": ""}},
-            ),
-            AttemptOutcome::Failed { error, error_code } => (
-                Event::FailFinal,
-                doc! {"$set": {"error_message": error, "error_code": error_code, "completed_at": now,
-                               "camunda.report_due_at": now},
-                "$unset": {"lease_until": "", "next_attempt_at": ""}},
-            ),
-        };
-        if let Ok(set) = update.get_document_mut("$set") {
-            set.insert("processing_time_ms", elapsed_ms);
-        }
-        if !steps.is_empty() {
-            let steps = bson::to_bson(&steps).map_err(|e| StoreError::Other(e.to_string()))?;
-            update.insert("$push", doc! {"processing_steps": {"$each": steps, "$slice": -MAX_STEPS}});
-        }
-        self.transition(task_id, event, this_attempt, update).await
+        let (event, filter, update) = finish_docs(attempt, elapsed_ms, steps, outcome)?;
+        self.transition(task_id, event, filter, update).await
     }
 
     async fn expire_leases(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
@@ -498,6 +466,77 @@ impl TaskStore for MongoStore {
             average_processing_time_ms: average,
         })
     }
+}
+
+/// Filter and update for `event` on the tasks `base` selects: the filter names the states the
+/// event may leave from, the update sets the state it leads to.
+pub(super) fn transition_docs(
+    mut base: Document,
+    event: Event,
+    extra_filter: Document,
+    mut update: Document,
+) -> (Document, Document) {
+    let t = event.transition();
+    base.insert("status", doc! {"$in": states(t.from)});
+    base.extend(extra_filter);
+    let set = update.entry("$set".to_owned()).or_insert_with(|| doc! {}.into());
+    if let bson::Bson::Document(set) = set {
+        set.insert("status", t.to.as_str());
+        set.insert("updated_at", BsonDate::now());
+    }
+    (base, update)
+}
+
+/// Extra filter (due now) and update for claiming; `token` marks a batch claim's documents.
+pub(super) fn claim_docs(lease_until: DateTime<Utc>, token: Option<&str>) -> (Document, Document) {
+    let now = BsonDate::now();
+    let due = doc! {"$or": [{"next_attempt_at": null}, {"next_attempt_at": {"$lte": now}}]};
+    let mut set = doc! {"lease_until": bdate(lease_until), "started_at": now, "substatus": null};
+    if let Some(token) = token {
+        set.insert("claim_token", token);
+    }
+    (due, doc! {"$set": set, "$inc": {"attempts": 1}})
+}
+
+/// The event, extra filter (this attempt) and update that record how `attempt` ended.
+pub(super) fn finish_docs(
+    attempt: u32,
+    elapsed_ms: i64,
+    steps: Vec<ProcessingStep>,
+    outcome: AttemptOutcome,
+) -> Result<(Event, Document, Document), StoreError> {
+    let now = BsonDate::now();
+    let (event, mut update) = match outcome {
+        AttemptOutcome::Succeeded { result } => {
+            let result = bson::to_bson(&result).map_err(|e| StoreError::Other(e.to_string()))?;
+            (
+                Event::Succeed,
+                doc! {"$set": {"result": result, "completed_at": now, "substatus": null, "camunda.report_due_at": now},
+                "$unset": {"lease_until": "", "next_attempt_at": "", "error_message": "", "error_code": ""}},
+            )
+        }
+        AttemptOutcome::Retry { error, next_attempt_at } => (
+            Event::FailRetryable,
+            doc! {"$set": {"error_message": error, "next_attempt_at": bdate(next_attempt_at),
+                     "publish_due_at": bdate(next_attempt_at)},
+            "$inc": {"retries": 1},
+            "$unset": {"lease_until": ""}},
+        ),
+        AttemptOutcome::Failed { error, error_code } => (
+            Event::FailFinal,
+            doc! {"$set": {"error_message": error, "error_code": error_code, "completed_at": now,
+                           "camunda.report_due_at": now},
+            "$unset": {"lease_until": "", "next_attempt_at": ""}},
+        ),
+    };
+    if let Ok(set) = update.get_document_mut("$set") {
+        set.insert("processing_time_ms", elapsed_ms);
+    }
+    if !steps.is_empty() {
+        let steps = bson::to_bson(&steps).map_err(|e| StoreError::Other(e.to_string()))?;
+        update.insert("$push", doc! {"processing_steps": {"$each": steps, "$slice": -MAX_STEPS}});
+    }
+    Ok((event, doc! {"attempts": attempt}, update))
 }
 
 /// The stored form of a new task: queued, no attempt yet, its publish owed from `publish_due_at`.

@@ -1,0 +1,81 @@
+//! Batched transitions for [`MongoStore`] (group commit on the consumer side): many claims in
+//! one `updateMany` marked with a token, many attempt ends in one `bulkWrite`. Each document's
+//! filter still carries the state it expects, so batching changes round trips, not guarantees.
+
+use std::collections::HashMap;
+
+use bson::{doc, oid::ObjectId};
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use mongodb::options::UpdateOneModel;
+
+use super::{
+    Finish, StoreError, TaskRecord,
+    mongo::{MongoStore, claim_docs, classify, finish_docs, transition_docs},
+};
+use crate::domain::Event;
+
+impl MongoStore {
+    async fn find_ids(&self, filter: bson::Document) -> Result<Vec<TaskRecord>, StoreError> {
+        self.tasks().find(filter).await.map_err(classify)?.try_collect().await.map_err(classify)
+    }
+
+    pub(super) async fn claim_batch_impl(
+        &self,
+        task_ids: Vec<String>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        // The token tells this batch's claims from anyone else's in the read that follows.
+        let token = ObjectId::new().to_hex();
+        let (due, update) = claim_docs(lease_until, Some(&token));
+        let (filter, update) = transition_docs(doc! {"_id": {"$in": &task_ids}}, Event::Claim, due, update);
+        let claimed = self.tasks().update_many(filter, update).await.map_err(classify)?;
+        if claimed.modified_count == 0 {
+            return Ok(Vec::new());
+        }
+        self.find_ids(doc! {"_id": {"$in": &task_ids}, "claim_token": &token}).await
+    }
+
+    pub(super) async fn finish_batch_impl(&self, finishes: Vec<Finish>) -> Vec<Result<Option<TaskRecord>, StoreError>> {
+        let namespace = self.tasks().namespace();
+        let mut models = Vec::with_capacity(finishes.len());
+        for f in &finishes {
+            match finish_docs(f.attempt, f.elapsed_ms, f.steps.clone(), f.outcome.clone()) {
+                Ok((event, extra, update)) => {
+                    let (filter, update) = transition_docs(doc! {"_id": &f.task_id}, event, extra, update);
+                    models.push(
+                        UpdateOneModel::builder().namespace(namespace.clone()).filter(filter).update(update).build(),
+                    );
+                }
+                Err(e) => return finishes.iter().map(|_| Err(e.clone())).collect(),
+            }
+        }
+        let written = match self.database().client().bulk_write(models).ordered(false).verbose_results().await {
+            Ok(result) => result.update_results,
+            // Unknown which landed: answer item by item (each is a conditional update, safe to repeat).
+            Err(_) => return self.finish_one_by_one(finishes).await,
+        };
+        let ids: Vec<&str> = finishes.iter().map(|f| f.task_id.as_str()).collect();
+        let records: HashMap<String, TaskRecord> = match self.find_ids(doc! {"_id": {"$in": ids}}).await {
+            Ok(found) => found.into_iter().map(|t| (t.task_id.clone(), t)).collect(),
+            Err(e) => return finishes.iter().map(|_| Err(e.clone())).collect(),
+        };
+        finishes
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let matched = written.get(&i).is_some_and(|r| r.matched_count == 1);
+                Ok(if matched { records.get(&f.task_id).cloned() } else { None })
+            })
+            .collect()
+    }
+
+    async fn finish_one_by_one(&self, finishes: Vec<Finish>) -> Vec<Result<Option<TaskRecord>, StoreError>> {
+        use super::TaskStore;
+        let mut out = Vec::with_capacity(finishes.len());
+        for f in finishes {
+            out.push(self.finish(&f.task_id, f.attempt, f.elapsed_ms, f.steps, f.outcome).await);
+        }
+        out
+    }
+}
