@@ -33,8 +33,10 @@ pub enum Processed {
     Succeeded,
     /// Failed retryably; scheduled again.
     Retrying,
-    /// Failed for good (business error or attempts exhausted).
+    /// Failed for good: a business error.
     Failed,
+    /// Failed for good: every attempt failed (a poison message; it is dead-lettered).
+    Exhausted,
     /// Nothing to do: the task was claimed, finished, cancelled or not yet due.
     Skipped,
     /// The message is unusable (not a submission, unknown topic, conflicting body).
@@ -266,7 +268,7 @@ impl Dispatcher {
                     error: format!("{message} (attempt {attempt} of {})", task.max_attempts),
                     error_code: Some("ATTEMPTS_EXHAUSTED".into()),
                 },
-                Processed::Failed,
+                Processed::Exhausted,
             ),
         };
         let elapsed_ms = i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX);
@@ -389,6 +391,8 @@ impl DeliveryHandler for Dispatcher {
     async fn handle(&self, body: &[u8]) -> Disposition {
         match self.process(body).await {
             Processed::Invalid(reason) => Disposition::DeadLetter(reason),
+            // Recorded as failed (and reported) first; the message is parked for inspection.
+            Processed::Exhausted => Disposition::DeadLetter("every attempt failed".into()),
             Processed::Interrupted => Disposition::Requeue,
             _ => Disposition::Ack,
         }

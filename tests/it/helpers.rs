@@ -226,6 +226,21 @@ pub async fn delete_topology(exchange: &str, topics: &[String]) {
     let _ = conn.close(200, "bye".into()).await;
 }
 
+/// Whether `queue` holds exactly `n` messages (ready ones).
+pub async fn queue_depth_is(queue: &str, n: u32) -> bool {
+    let Ok(conn) = lapin::Connection::connect(&env("RABBITMQ_URL"), lapin::ConnectionProperties::default()).await
+    else {
+        return false;
+    };
+    let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+    let depth = match conn.create_channel().await {
+        Ok(ch) => ch.queue_declare(queue.into(), passive, Default::default()).await.map(|q| q.message_count()).ok(),
+        Err(_) => None,
+    };
+    let _ = conn.close(200, "bye".into()).await;
+    depth == Some(n)
+}
+
 /// Polls an async condition until true or the limit passes.
 pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
 where
