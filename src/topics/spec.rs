@@ -83,8 +83,8 @@ pub struct TopicSpec {
     pub name: String,
     pub description: String,
     pub handler: HandlerKind,
-    /// Target of an `http` handler.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Target of an `http` handler (shown with any password or key in it replaced by `***`).
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "redacted")]
     pub url: Option<String>,
     /// The native handler to run (default: the topic's own name), so one handler can serve
     /// several topics.
@@ -101,6 +101,14 @@ pub struct TopicSpec {
     pub variable_scope: VariableScope,
     /// Pull mode: lock duration asked of Camunda; extended while the task is unfinished.
     pub lock_duration_seconds: u64,
+}
+
+/// A handler URL may carry credentials (`https://user:key@host/`): never show them.
+fn redacted<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(u) => s.serialize_some(&crate::config::redact_uri(u)),
+        None => s.serialize_none(),
+    }
 }
 
 impl TopicSpec {
@@ -243,6 +251,14 @@ mod tests {
         assert!(msg.contains("t/x.toml") && msg.contains("timeout_secs"), "{msg}");
         let e = TopicSpec::parse(Path::new("t/x.toml"), "handler = \"http\"", D);
         assert!(e.err().map(|e| e.to_string()).unwrap_or_default().contains("`url`"));
+    }
+
+    #[test]
+    fn a_handler_urls_credentials_are_never_shown() {
+        let text = "handler = \"http\"\nurl = \"https://svc:k3y@example.invalid/run\"";
+        let spec = TopicSpec::parse(Path::new("t/x.toml"), text, D).expect("valid");
+        let shown = serde_json::to_string(&spec).unwrap_or_default();
+        assert!(!shown.contains("k3y") && shown.contains("svc:***@"), "{shown}");
     }
 
     #[test]
