@@ -4,7 +4,8 @@
 #   scripts/test.sh [extra cargo test args...]
 #
 # 1. start (installing if needed) the services: scripts/services.sh up
-# 2. cargo fmt --check, 3. cargo clippy -D warnings, 4. cargo test
+# 2. cargo fmt --check, 3. cargo clippy -D warnings, 4. cargo test (unit, tests/it, and the
+#    fault-injection suite tests/faults), 5. the benchmark's smoke mode
 # Extra arguments go to `cargo test --all-targets`, e.g.
 #   scripts/test.sh -- --nocapture
 # Stops at the first failing step with its exit code.
@@ -15,18 +16,22 @@ cd "$REPO"
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "[1/4] services: scripts/services.sh up"
+step "[1/5] services: scripts/services.sh up"
 bash scripts/services.sh up
 # shellcheck source=/dev/null
 source .services/env
 
-step "[2/4] cargo fmt --all -- --check"
+step "[2/5] cargo fmt --all -- --check"
 cargo fmt --all -- --check
 
-step "[3/4] cargo clippy --all-targets -- -D warnings"
+step "[3/5] cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
-step "[4/4] cargo test --all-targets${*:+ $*}"
+step "[4/5] cargo test --all-targets${*:+ $*}"
 cargo test --all-targets "$@"
+
+# The benchmark's smoke mode: it must run end to end and print its table; it judges no timing.
+step "[5/5] benchmark smoke: scripts/bench.sh --smoke"
+bash scripts/bench.sh --smoke
 
 step "all checks passed"

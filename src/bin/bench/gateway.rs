@@ -127,11 +127,12 @@ impl Gateway {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
-    /// SIGTERM, then SIGKILL if it has not exited within a few seconds.
+    /// SIGTERM, then SIGKILL if it has not exited within a few seconds (a gateway with many
+    /// tasks in hand hands each back at shutdown, which takes a while; the bench has no use for it).
     pub async fn stop(mut self) {
         let _ = Command::new("kill").arg("-TERM").arg(self.pid.to_string()).status().await;
-        if tokio::time::timeout(Duration::from_secs(8), self.child.wait()).await.is_err() {
-            eprintln!("[bench] gateway pid {} ignored SIGTERM; killing it", self.pid);
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
+            eprintln!("[bench] gateway pid {} still stopping after 5 s; killing it", self.pid);
             let _ = self.child.kill().await;
         }
     }

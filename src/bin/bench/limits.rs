@@ -1,6 +1,6 @@
 //! The raw limits of the servers, measured with the same client libraries and settings the
 //! gateway uses: MongoDB inserts of task-shaped documents into a collection with the gateway's
-//! own indexes (one at a time, and batches of [`BATCH`]), and RabbitMQ publishes of persistent
+//! own indexes (one per call, and batches per call), and RabbitMQ publishes of persistent
 //! messages into a durable quorum queue with publisher confirms, many confirms outstanding.
 
 use std::time::{Duration, Instant};
@@ -14,8 +14,6 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 use mongodb::Collection;
-
-use crate::setup::BATCH;
 
 /// A document shaped like a stored task (same fields and sizes as a `say_hello` submission).
 fn task_like(id: String) -> Document {
@@ -39,32 +37,15 @@ pub async fn tasks_collection(mongo: &mongodb::Client, database: &str) -> anyhow
     Ok(db.collection("tasks"))
 }
 
-/// Documents per second with `concurrency` loops of `insert_one` for `duration`.
-pub async fn mongo_single(
+/// Documents per second with `concurrency` loops, each inserting `batch` documents per call
+/// (`insert_one` when 1, else `insert_many`), for `duration`. Each loop stops between calls, so no
+/// operation is cut off.
+pub async fn mongo_inserts(
     tasks: &Collection<Document>,
     prefix: &str,
     concurrency: usize,
-    duration: Duration,
-) -> anyhow::Result<f64> {
-    insert_loops(tasks, prefix, concurrency, duration, 1).await
-}
-
-/// Documents per second with `concurrency` loops of `insert_many` of [`BATCH`] for `duration`.
-pub async fn mongo_batched(
-    tasks: &Collection<Document>,
-    prefix: &str,
-    concurrency: usize,
-    duration: Duration,
-) -> anyhow::Result<f64> {
-    insert_loops(tasks, prefix, concurrency, duration, BATCH).await
-}
-
-async fn insert_loops(
-    tasks: &Collection<Document>,
-    prefix: &str,
-    concurrency: usize,
-    duration: Duration,
     batch: usize,
+    duration: Duration,
 ) -> anyhow::Result<f64> {
     let started = Instant::now();
     let deadline = started + duration;

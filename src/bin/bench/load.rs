@@ -111,6 +111,17 @@ pub async fn submit_many(ctx: &Ctx, base: &str, prefix: &str, topic: &str, n: us
     Ok(started.elapsed())
 }
 
+/// How long one submit takes right after a wrk phase. wrk closes its connections with requests
+/// in flight; the gateway may need a while to recover from those cancelled requests, and the
+/// next phase must not start inside that window.
+pub async fn settle(ctx: &Ctx, base: &str, task_id: &str) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let body = json!({"task_id": task_id, "worker_id": "bench", "topic": "say_hello"});
+    let answer = ctx.http.post(format!("{base}/tasks/submit")).json(&body).timeout(Duration::from_secs(120)).send();
+    answer.await.and_then(|r| r.error_for_status()).context("the submit after a load phase")?;
+    Ok(started.elapsed())
+}
+
 /// `GET /tasks/statistics`.
 pub async fn statistics(ctx: &Ctx, base: &str) -> anyhow::Result<Value> {
     let r = ctx.http.get(format!("{base}/tasks/statistics")).send().await?.error_for_status()?;
@@ -141,31 +152,80 @@ pub async fn all_tasks(ctx: &Ctx, base: &str, status: &str, topic: &str) -> anyh
     }
 }
 
-/// Polls statistics until `done(stats)` holds. Fails when nothing changes (`changed` compares
-/// successive answers) for `stall`, or when `within` is over.
-pub async fn wait_for(
+/// The sum of a Prometheus sample family over the series whose labels include all of `labels`
+/// (`key="value"` pairs); `None` when the family is absent.
+pub fn metric_sum(text: &str, family: &str, labels: &[&str]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| l.starts_with(family)) {
+        let (series, value) = line.rsplit_once(' ')?;
+        let rest = &series[family.len()..];
+        if !(rest.is_empty() || rest.starts_with('{')) || !labels.iter().all(|l| rest.contains(l)) {
+            continue;
+        }
+        *found.get_or_insert(0.0) += value.parse::<f64>().ok()?;
+    }
+    found
+}
+
+/// `GET /metrics`.
+pub async fn metrics(ctx: &Ctx, base: &str) -> anyhow::Result<String> {
+    Ok(ctx.http.get(format!("{base}/metrics")).send().await?.error_for_status()?.text().await?)
+}
+
+/// Waits until the gateway's own counters say `n` attempts of `topic` succeeded. It reads
+/// `/metrics` (in-process counters) rather than `/tasks/statistics`, whose aggregation over every
+/// task would load the database under test. Fails on any failed attempt, when the count stops
+/// moving for `stall`, or after `within`.
+pub async fn wait_for_successes(
     ctx: &Ctx,
     base: &str,
-    what: &str,
+    topic: &str,
+    n: usize,
     within: Duration,
     stall: Duration,
-    progress: impl Fn(&Value) -> u64,
-    done: impl Fn(&Value) -> anyhow::Result<bool>,
-) -> anyhow::Result<Value> {
-    let started = Instant::now();
-    let (mut last, mut last_change) = (u64::MAX, Instant::now());
+) -> anyhow::Result<()> {
+    let (topic_label, started) = (format!("topic=\"{topic}\""), Instant::now());
+    let (mut last, mut last_change) = (-1.0, Instant::now());
     loop {
-        let stats = statistics(ctx, base).await?;
-        if done(&stats)? {
-            return Ok(stats);
+        let text = metrics(ctx, base).await?;
+        let outcome = |o: &str| {
+            metric_sum(&text, "gateway_task_outcomes_total", &[&topic_label, &format!("outcome=\"{o}\"")])
+                .unwrap_or(0.0)
+        };
+        let (succeeded, failed) = (outcome("succeeded"), outcome("failed") + outcome("retrying"));
+        if failed > 0.0 {
+            bail!("{failed} {topic} attempts failed or are retrying; {succeeded} succeeded");
         }
-        let now = progress(&stats);
-        if now != last {
-            (last, last_change) = (now, Instant::now());
+        if succeeded >= n as f64 {
+            return Ok(());
+        }
+        if succeeded != last {
+            (last, last_change) = (succeeded, Instant::now());
         }
         if last_change.elapsed() > stall || started.elapsed() > within {
-            bail!("{what}: no end in sight after {:.0} s (stuck at {now}): {stats}", started.elapsed().as_secs_f64());
+            bail!(
+                "{topic}: {succeeded} of {n} succeeded after {:.0} s, {:.0} s without progress",
+                started.elapsed().as_secs_f64(),
+                last_change.elapsed().as_secs_f64()
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric_sum;
+
+    #[test]
+    fn metric_sum_adds_the_matching_series_only() {
+        let text = "# HELP x\ngateway_task_outcomes_total{topic=\"a\",outcome=\"succeeded\"} 3\n\
+                    gateway_task_outcomes_total{topic=\"a\",outcome=\"failed\"} 1\n\
+                    gateway_task_outcomes_total{topic=\"b\",outcome=\"succeeded\"} 4\n\
+                    gateway_task_outcomes_total_created 5\n";
+        let f = "gateway_task_outcomes_total";
+        assert_eq!(metric_sum(text, f, &["topic=\"a\"", "outcome=\"succeeded\""]), Some(3.0));
+        assert_eq!(metric_sum(text, f, &["outcome=\"succeeded\""]), Some(7.0));
+        assert_eq!(metric_sum(text, "gateway_tasks_in_flight", &[]), None);
     }
 }

@@ -29,8 +29,8 @@ usage: bench [--smoke] [--runs N] [--duration SECS] [--e2e-tasks N] [--memory-ta
   --smoke           short run for CI: small counts, 1 run; prints the table, judges nothing
   --runs N          repeat every measurement N times and print medians (default 1)
   --duration SECS   length of each wrk load phase (default 20, smoke 3)
-  --e2e-tasks N     say_hello tasks in the end-to-end phase (default 5000, smoke 300)
-  --memory-tasks N  tasks queued / in flight for the memory figures (default 10000, smoke 300)
+  --e2e-tasks N     say_hello tasks in the end-to-end phase (default 5000, smoke 200)
+  --memory-tasks N  tasks queued / in flight for the memory figures (default 10000, smoke 200)
   --gateway PATH    gateway binary (default: worker-api-gateway next to this binary)
 
 Needs MONGODB_URI and RABBITMQ_URL (source .services/env) and wrk on the PATH.";
@@ -85,13 +85,21 @@ async fn run_all(ctx: &Ctx, runs: &mut Vec<Run>) -> anyhow::Result<()> {
         runs.push(Run::default());
         let run = runs.last_mut().expect("a run was just pushed");
         let tag = format!("r{i}");
-        scenarios::limits(ctx, run, &tag).await.context("raw limits")?;
-        scenarios::submit_load(ctx, run, &tag).await.context("submit throughput and latency")?;
-        scenarios::memory_queued(ctx, run, &tag).await.context("memory with tasks queued")?;
-        scenarios::end_to_end(ctx, run, &tag).await.context("end-to-end say_hello")?;
-        scenarios::memory_in_flight(ctx, run, &tag).await.context("memory with tasks in flight")?;
-        report::derive_ratios(run);
+        let outcome = run_once(ctx, run, &tag).await;
+        if let Some(load) = setup::load_average() {
+            run.insert(report::M::LoadAvg, load);
+        }
+        outcome?;
     }
+    Ok(())
+}
+
+async fn run_once(ctx: &Ctx, run: &mut Run, tag: &str) -> anyhow::Result<()> {
+    scenarios::limits(ctx, run, tag).await.context("raw limits")?;
+    scenarios::submit_load(ctx, run, tag).await.context("submit throughput and latency")?;
+    scenarios::memory_queued(ctx, run, tag).await.context("memory with tasks queued")?;
+    scenarios::end_to_end(ctx, run, tag).await.context("end-to-end say_hello")?;
+    scenarios::memory_in_flight(ctx, run, tag).await.context("memory with tasks in flight")?;
     Ok(())
 }
 
@@ -114,7 +122,7 @@ async fn main() -> ExitCode {
     };
     let mut runs = Vec::new();
     let outcome = run_all(&ctx, &mut runs).await;
-    ctx.cleanup().await;
+    ctx.cleanup(outcome.is_err()).await;
     if !runs.is_empty() {
         println!("{}", report::table(&ctx.plan, &runs));
     }

@@ -22,10 +22,10 @@ pub struct Plan {
     pub runs: usize,
     /// Length of each raw-limit measurement.
     pub limit_duration: Duration,
-    /// Concurrent `insert_one` loops (the gateway's pool is 10 connections; SecantusDB gets
-    /// slower, not faster, with many).
+    /// Concurrent `insert_one` loops, besides 1 (the gateway's pool is 10 connections; SecantusDB
+    /// gets slower, not faster, with many).
     pub mongo_single_concurrency: usize,
-    /// Concurrent `insert_many` loops of [`BATCH`] documents.
+    /// Concurrent `insert_many` loops of [`BATCH`] documents (and 1, the limit is the better).
     pub mongo_batch_concurrency: usize,
     /// Publishes awaiting their confirm at once.
     pub publish_window: usize,
@@ -68,9 +68,11 @@ impl Plan {
             smoke: true,
             limit_duration: Duration::from_secs(1),
             wrk_duration_s: 3,
-            wrk_warmup_s: 1,
-            e2e_tasks: 300,
-            memory_tasks: 300,
+            // Each wrk phase ends with requests cut off, which can stall the gateway for a while
+            // (see load::settle); one phase fewer keeps the smoke run short.
+            wrk_warmup_s: 0,
+            e2e_tasks: 200,
+            memory_tasks: 200,
             ..Self::full()
         }
     }
@@ -176,15 +178,21 @@ impl Ctx {
         }
     }
 
-    /// Drops the databases, deletes the queues and exchanges, removes the scratch folder.
-    /// Best effort: a failure is reported, never fatal.
-    pub async fn cleanup(&self) {
+    /// Drops the databases, deletes the queues and exchanges, and removes the scratch folder
+    /// unless `keep_scratch` (after a failure, for the gateway logs). Best effort: a failure is
+    /// reported, never fatal.
+    pub async fn cleanup(&self, keep_scratch: bool) {
         let items: Vec<Leftover> = self.leftovers.lock().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default();
         let mut broker = Vec::new();
         for item in items {
             match item {
                 Leftover::Database(name) => {
-                    if let Err(e) = self.mongo.database(&name).drop().await {
+                    // A second try: the first may meet a pooled connection the server closed.
+                    let mut result = self.mongo.database(&name).drop().await;
+                    if result.is_err() {
+                        result = self.mongo.database(&name).drop().await;
+                    }
+                    if let Err(e) = result {
                         eprintln!("[bench] cleanup: dropping database {name}: {e}");
                     }
                 }
@@ -194,7 +202,23 @@ impl Ctx {
         if let Err(e) = self.delete_broker_objects(&broker).await {
             eprintln!("[bench] cleanup: RabbitMQ: {e:#}");
         }
-        if let Err(e) = std::fs::remove_dir_all(&self.tmp) {
+        // A killed gateway's last writes can still be queued in the server and recreate its
+        // database after the drop: sweep once more for anything under this prefix.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let filter = bson::doc! {"name": {"$regex": format!("^{}_", self.run_id)}};
+        match self.mongo.list_database_names().filter(filter).await {
+            Ok(names) => {
+                for name in names {
+                    if let Err(e) = self.mongo.database(&name).drop().await {
+                        eprintln!("[bench] cleanup: dropping database {name}: {e}");
+                    }
+                }
+            }
+            Err(e) => eprintln!("[bench] cleanup: listing databases: {e}"),
+        }
+        if keep_scratch {
+            eprintln!("[bench] gateway logs kept in {}", self.tmp.display());
+        } else if let Err(e) = std::fs::remove_dir_all(&self.tmp) {
             eprintln!("[bench] cleanup: removing {}: {e}", self.tmp.display());
         }
     }
@@ -232,4 +256,9 @@ fn which_wrk() -> anyhow::Result<()> {
         .unwrap_or(false);
     anyhow::ensure!(found, "wrk is not on the PATH: apt-get install wrk (scripts/bench.sh installs it)");
     Ok(())
+}
+
+/// The 1-minute load average: the machine is shared, and a busy one explains odd figures.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
 }
