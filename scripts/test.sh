@@ -4,8 +4,8 @@
 #   scripts/test.sh [extra cargo test args...]
 #
 # 1. start (installing if needed) the services: scripts/services.sh up
-# 2. cargo fmt --check, 3. cargo clippy -D warnings, 4. cargo test (unit, tests/it, and the
-#    fault-injection suite tests/faults), 5. the benchmark's smoke mode
+# 2. cargo fmt --check, 3. cargo clippy -D warnings, 4. cargo test (unit tests and tests/it;
+#    the fault suite runs on its own: scripts/faults.sh), 5. the benchmark's smoke mode
 # Extra arguments go to `cargo test --all-targets`, e.g.
 #   scripts/test.sh -- --nocapture
 # Stops at the first failing step with its exit code.
