@@ -363,7 +363,8 @@ secantus_down() {
 # Camunda when CAMUNDA_URL is set.
 # ============================================================================
 
-camunda_up() { bash "$REPO/scripts/camunda-engine.sh" up; }
+# fd 9 (the lock) is closed for the engine, or the long-lived JVM would hold the lock for good.
+camunda_up() { bash "$REPO/scripts/camunda-engine.sh" up 9>&-; }
 camunda_down() { bash "$REPO/scripts/camunda-engine.sh" down || true; }
 camunda_env() {
     [ -f "$SERVICES_DIR/camunda.env" ] && grep '^export ' "$SERVICES_DIR/camunda.env"
