@@ -139,7 +139,8 @@ pub async fn lab() -> Lab {
     Lab { creds, _serial: serial }
 }
 
-/// Test programs on this machine that a fault would break: the `tests/it` binary and the bench.
+/// Test programs on this machine that a fault would break: the `tests/it` binary. (The bench
+/// starts services of its own.)
 fn other_suites() -> Vec<String> {
     let me = std::process::id().to_string();
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
@@ -149,8 +150,7 @@ fn other_suites() -> Vec<String> {
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
         .filter_map(|cmd| {
             let exe = String::from_utf8_lossy(cmd.split(|b| *b == 0).next().unwrap_or_default()).into_owned();
-            let base = exe.rsplit('/').next().unwrap_or_default();
-            (exe.contains("/deps/it-") || (exe.contains("target/") && base == "bench")).then_some(exe)
+            exe.contains("/deps/it-").then_some(exe)
         })
         .collect()
 }
