@@ -90,8 +90,7 @@ async fn camunda_answering_500_gets_the_report_retried_with_backoff() {
         first.as_secs_f64(),
         last.as_secs_f64()
     ));
-    rig.gw.cleanup().await;
-    tally.finish(started.elapsed());
+    tally.finish(rig.gw, started.elapsed()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -110,8 +109,7 @@ async fn camunda_hanging_after_committing_is_not_reported_twice() {
     let resent = tasks.values().filter(|t| t.calls > 1).count();
     assert!(resent > 0, "the timed-out reports were sent again");
     tally.notes.push(format!("{resent} reports sent again after the timeout and answered 404 (already completed)"));
-    rig.gw.cleanup().await;
-    tally.finish(started.elapsed());
+    tally.finish(rig.gw, started.elapsed()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -139,8 +137,7 @@ async fn camunda_resetting_connections_gets_the_report_retried() {
     ran_once(&rig, &submitted.acked);
     assert!(resets > 0, "no connection was reset");
     tally.notes.push(format!("{resets} connections reset"));
-    rig.gw.cleanup().await;
-    tally.finish(started.elapsed());
+    tally.finish(rig.gw, started.elapsed()).await;
 }
 
 async fn final_answer(status: u16) {
@@ -159,8 +156,7 @@ async fn final_answer(status: u16) {
         assert_eq!(task.calls, 1, "{id}: {status} is final; the report was not sent again");
     }
     tally.notes.push(format!("{} reports, one each, none retried", tasks.len()));
-    rig.gw.cleanup().await;
-    tally.finish(started.elapsed());
+    tally.finish(rig.gw, started.elapsed()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

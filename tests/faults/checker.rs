@@ -245,7 +245,9 @@ pub async fn classify(
         }
         let lost = match states.get(id) {
             None => Some("missing from the store".to_owned()),
-            Some((s, _, _)) if s != expect.status => Some(format!("status {s}")),
+            Some((s, _, tried)) if s != expect.status => {
+                Some(format!("status {s} after {tried} attempt(s); executions {attempts:?}"))
+            }
             Some((_, r, _)) if expect.report.is_some_and(|e| r != e) => Some(format!("report_state {r}")),
             Some(_) if expect.executed && recorder.is_some() && attempts.is_empty() => Some("never executed".into()),
             Some(_) if expect.report == Some("reported") && camunda.is_some() && finals == 0 => {
@@ -264,8 +266,9 @@ pub async fn classify(
 static RESULTS: Mutex<()> = Mutex::new(());
 
 impl Tally {
-    /// Prints the row and appends it to the results file, then fails on any lost or duplicate.
-    pub fn finish(self, took: Duration) {
+    /// Prints the row and appends it to the results file, then cleans up after the gateway —
+    /// or, on any lost or duplicated task, fails and leaves its database and queues for a look.
+    pub async fn finish(self, gw: crate::gateway::Gateway, took: Duration) {
         let notes = self.notes.join("; ");
         let row = format!(
             "| {} | {} | {} | {} | {} | {} | {:.0} s | {} |",
@@ -287,13 +290,19 @@ impl Tally {
             let _ = writeln!(f, "{row}");
         }
         let sample = |v: &[String]| v.iter().take(5).cloned().collect::<Vec<_>>().join("\n  ");
-        assert!(
-            self.lost.is_empty() && self.duplicated.is_empty(),
-            "{}: {} lost, {} duplicated of {} acknowledged\nlost:\n  {}\nduplicated:\n  {}",
+        if self.lost.is_empty() && self.duplicated.is_empty() {
+            gw.cleanup().await;
+            return;
+        }
+        panic!(
+            "{}: {} lost, {} duplicated of {} acknowledged (left for inspection: database and exchange {}, log {})\n\
+             lost:\n  {}\nduplicated:\n  {}",
             self.scenario,
             self.lost.len(),
             self.duplicated.len(),
             self.acked,
+            gw.exchange,
+            gw.log.display(),
             sample(&self.lost),
             sample(&self.duplicated)
         );

@@ -84,8 +84,7 @@ async fn gateway_killed_mid_handler_reruns_each_interrupted_task_once_after_its_
         "{reran} re-ran as attempt 2, all done {:.0} s after the kill",
         killed_at.elapsed().as_secs_f64()
     ));
-    gw.cleanup().await;
-    tally.finish(started.elapsed());
+    tally.finish(gw, started.elapsed()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -126,8 +125,7 @@ async fn gateway_stopped_with_handlers_running_releases_their_leases() {
     assert!(done_in < Duration::from_secs(30), "released tasks re-ran at once, not after the lease ({done_in:?})");
     let reruns = reruns(&recorder);
     assert_eq!(reruns.len(), usize::from(CONCURRENCY), "each interrupted task re-ran: {reruns:?}");
-    gw.cleanup().await;
-    tally.finish(started.elapsed());
+    tally.finish(gw, started.elapsed()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -171,6 +169,5 @@ async fn gateway_killed_between_camundas_2xx_and_its_record_reports_once() {
         let t = &at_camunda[*id];
         assert_eq!(t.committed, vec!["complete".to_owned()], "{id}: one completion, nothing else");
     }
-    gw.cleanup().await;
-    tally.finish(started.elapsed());
+    tally.finish(gw, started.elapsed()).await;
 }

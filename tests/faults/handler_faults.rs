@@ -38,8 +38,7 @@ async fn a_handler_over_its_timeout_is_abandoned_and_retried_once() {
     for id in &submitted.acked {
         assert_eq!(runs.get(id).map(Vec::as_slice), Some(&[1, 2][..]), "{id}: attempt 1 timed out, attempt 2 ran");
     }
-    gw.cleanup().await;
-    tally.finish(started.elapsed());
+    tally.finish(gw, started.elapsed()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -76,8 +75,7 @@ async fn a_poison_task_stops_at_its_attempt_limit_with_one_final_report() {
     }
     let dead = queue_depth(&format!("{}.dead", gw.exchange)).await.unwrap_or(0);
     tally.notes.push(format!("{executions} executions; dead-letter queue holds {dead}"));
-    gw.cleanup().await;
-    tally.finish(started.elapsed());
+    tally.finish(gw, started.elapsed()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -163,6 +161,5 @@ async fn a_slow_topic_backlog_does_not_stall_another_topic_or_grow_memory() {
     ));
     assert!(backlog_left > 0, "the backlog drained before the fast topic finished; nothing was shown");
     assert!(peak - baseline < 64.0, "resident memory grew from {baseline:.0} to a peak of {peak:.0} MiB");
-    gw.cleanup().await;
-    tally.finish(started.elapsed());
+    tally.finish(gw, started.elapsed()).await;
 }

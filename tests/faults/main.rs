@@ -13,6 +13,7 @@
 mod camunda_standin;
 mod checker;
 mod gateway;
+mod mongo_server;
 mod recorder;
 mod services;
 

@@ -80,8 +80,7 @@ async fn schemathesis_finds_no_server_error_and_no_schema_mismatch() {
         report.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    gw.cleanup().await;
-    tally.finish(started.elapsed());
+    tally.finish(gw, started.elapsed()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

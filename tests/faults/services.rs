@@ -51,15 +51,16 @@ pub struct Credentials {
 }
 
 impl Credentials {
+    /// A RabbitMQ user and a MongoDB user of this process's own (`faults_<pid>`), so that two
+    /// copies of the suite never change each other's passwords.
     async fn create() -> Self {
+        let user = format!("faults_{}", std::process::id());
         let rabbit = url::Url::parse(&env("RABBITMQ_URL")).expect("RABBITMQ_URL is a URL");
         let rabbit_host =
             format!("{}:{}", rabbit.host_str().expect("RABBITMQ_URL has a host"), rabbit.port().unwrap_or(5672));
         let rabbit_password = random_secret("RmqPw");
-        if rabbitmqctl(&["add_user", "faults", &rabbit_password]).await.is_err() {
-            rabbitmqctl(&["change_password", "faults", &rabbit_password]).await.expect("rabbitmqctl change_password");
-        }
-        rabbitmqctl(&["set_permissions", "-p", "/", "faults", ".*", ".*", ".*"]).await.expect("set_permissions");
+        rabbitmqctl(&["add_user", &user, &rabbit_password]).await.expect("rabbitmqctl add_user");
+        rabbitmqctl(&["set_permissions", "-p", "/", &user, ".*", ".*", ".*"]).await.expect("set_permissions");
 
         let mongo_plain = env("MONGODB_URI");
         let mongo_host = mongo_plain
@@ -71,15 +72,10 @@ impl Credentials {
             .to_owned();
         let mongo_password = random_secret("MdbPw");
         let client = mongodb::Client::with_uri_str(&mongo_plain).await.expect("MongoDB client");
-        let admin = client.database("admin");
-        let create = bson::doc! {"createUser": "faults", "pwd": &mongo_password, "roles": ["root"]};
-        if admin.run_command(create).await.is_err() {
-            admin
-                .run_command(bson::doc! {"updateUser": "faults", "pwd": &mongo_password})
-                .await
-                .expect("updateUser faults");
-        }
-        let mongo_uri = format!("mongodb://faults:{mongo_password}@{mongo_host}/?authSource=admin");
+        sweep_leftovers(&client).await;
+        let create = bson::doc! {"createUser": &user, "pwd": &mongo_password, "roles": ["root"]};
+        client.database("admin").run_command(create).await.expect("createUser on the MongoDB-wire server");
+        let mongo_uri = format!("mongodb://{user}:{mongo_password}@{mongo_host}/?authSource=admin");
         let authed = mongodb::Client::with_uri_str(&mongo_uri).await.expect("MongoDB client with credentials");
         authed
             .database("admin")
@@ -87,13 +83,11 @@ impl Credentials {
             .await
             .expect("the MongoDB-wire server accepts the suite's user and password");
 
-        sweep_leftovers(&client).await;
-
         let camunda_password = random_secret("CamPw");
         let api_key = random_secret("ApiKey");
         let secrets = vec![rabbit_password.clone(), mongo_password.clone(), camunda_password.clone(), api_key.clone()];
         Self {
-            rabbit_url: format!("amqp://faults:{rabbit_password}@{rabbit_host}/%2f"),
+            rabbit_url: format!("amqp://{user}:{rabbit_password}@{rabbit_host}/%2f"),
             mongo_uri,
             mongo_plain,
             camunda_password,
@@ -103,16 +97,43 @@ impl Credentials {
     }
 }
 
-/// Drops what failed runs of this suite left behind: `faults_*` databases and queues.
+/// Whether a `faults_<pid>_…` name belongs to a run of this suite that has ended.
+fn dead_run(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("faults_") else { return false };
+    let pid = rest.split(['_', '.']).next().and_then(|p| p.parse::<u32>().ok());
+    pid.is_some_and(|pid| pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Drops what ended runs of this suite left behind (a failed test skips its clean-up):
+/// databases, queues and users named `faults_<pid>…` whose process is gone.
 async fn sweep_leftovers(client: &mongodb::Client) {
     for name in client.list_database_names().await.unwrap_or_default() {
-        if name.starts_with("faults_") {
+        if dead_run(&name) {
             let _ = client.database(&name).drop().await;
         }
     }
-    let queues = rabbitmqctl(&["list_queues", "--quiet", "--no-table-headers", "name"]).await.unwrap_or_default();
-    for queue in queues.lines().map(str::trim).filter(|q| q.starts_with("faults_")) {
+    let admin = client.database("admin");
+    if let Ok(info) = admin.run_command(bson::doc! {"usersInfo": 1}).await {
+        for user in info
+            .get_array("users")
+            .map(|u| u.iter().filter_map(|u| u.as_document()).collect())
+            .unwrap_or_else(|_| Vec::new())
+        {
+            if let Ok(name) = user.get_str("user")
+                && dead_run(name)
+            {
+                let _ = admin.run_command(bson::doc! {"dropUser": name}).await;
+            }
+        }
+    }
+    let quiet = ["--quiet", "--no-table-headers"];
+    let queues = rabbitmqctl(&["list_queues", quiet[0], quiet[1], "name"]).await.unwrap_or_default();
+    for queue in queues.lines().map(str::trim).filter(|q| dead_run(q)) {
         let _ = rabbitmqctl(&["delete_queue", queue]).await;
+    }
+    let users = rabbitmqctl(&["list_users", quiet[0], quiet[1]]).await.unwrap_or_default();
+    for user in users.lines().filter_map(|l| l.split_whitespace().next()).filter(|u| dead_run(u)) {
+        let _ = rabbitmqctl(&["delete_user", user]).await;
     }
 }
 
@@ -126,17 +147,56 @@ static WATERMARK: Mutex<Option<String>> = Mutex::new(None);
 /// One test's hold on the shared services.
 pub struct Lab {
     pub creds: &'static Credentials,
+    _machine: MachineLock,
     _serial: tokio::sync::MutexGuard<'static, ()>,
 }
 
-/// Waits for the suite's lock, makes sure every service is up, then hands out the credentials.
+/// Holds an exclusive `flock` on a machine-wide file through a `flock … cat` child: two copies
+/// of this suite (say, two checkouts) never inject faults at once. If this process dies, the
+/// child's stdin closes, `cat` ends and the lock is free.
+struct MachineLock {
+    _child: tokio::process::Child,
+}
+
+impl MachineLock {
+    async fn take() -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let file = std::env::temp_dir().join("worker-api-gateway-faults.lock");
+        let mut child = tokio::process::Command::new("flock")
+            .arg(&file)
+            .args(["sh", "-c", "echo locked; exec cat"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run flock (util-linux)");
+        let stdout = child.stdout.take().expect("flock's stdout is piped");
+        let mut line = String::new();
+        let mut reader = tokio::io::BufReader::new(stdout);
+        let mut told = false;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await {
+                Ok(Ok(_)) if line.trim() == "locked" => return Self { _child: child },
+                Ok(other) => panic!("flock {} failed: {other:?}", file.display()),
+                Err(_) if !told => {
+                    eprintln!("[faults] waiting for another fault suite to release {}", file.display());
+                    told = true;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// Waits for the suite's locks, makes sure every service is up, then hands out the credentials.
 pub async fn lab() -> Lab {
     let serial = SERIAL.lock().await;
+    let machine = MachineLock::take().await;
     wait_for_other_suites().await;
     let restored = tokio::task::spawn_blocking(restore).await.expect("restore does not panic");
     assert!(restored, "the test services could not be brought up (scripts/services.sh up)");
     let creds = CREDENTIALS.get_or_init(Credentials::create).await;
-    Lab { creds, _serial: serial }
+    Lab { creds, _machine: machine, _serial: serial }
 }
 
 /// Test programs on this machine that a fault would break: the `tests/it` binary. (The bench
@@ -183,6 +243,7 @@ impl Drop for Lab {
 
 /// Undoes every fault this suite can leave behind, then starts whatever is down. Blocking.
 fn restore() -> bool {
+    crate::mongo_server::restart();
     let pid = FROZEN.swap(0, Ordering::SeqCst);
     if pid != 0 {
         let _ = std::process::Command::new("kill").args(["-CONT", &pid.to_string()]).status();
@@ -306,18 +367,4 @@ pub async fn memory_alarm(on: bool) {
 /// Whether the node reports a memory alarm now.
 pub async fn memory_alarm_on() -> bool {
     rabbitmqctl(&["eval", "rabbit_alarm:get_alarms()."]).await.is_ok_and(|out| out.contains("memory"))
-}
-
-/// The pid of the SecantusDB server that `scripts/services.sh` started.
-pub fn mongo_pid() -> u32 {
-    let file = format!("{REPO}/.services/secantus.pid");
-    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}"));
-    text.trim().parse().unwrap_or_else(|_| panic!("{file} holds no pid"))
-}
-
-/// Stops the MongoDB-wire server with `sig` and waits until it has exited.
-pub async fn stop_mongo(sig: &str) {
-    let pid = mongo_pid();
-    signal(pid, sig).await;
-    wait_exit(pid, Duration::from_secs(60)).await;
 }

@@ -10,6 +10,7 @@ use crate::{
         Expect, Judge, Submitted, default_limit, ids, n, resubmit_until_acked, submit_all, submit_in_background,
     },
     gateway::{Gateway, Setup},
+    mongo_server::{self, bring_back},
     recorder::{Behavior, Recorder},
     services::{self, lab},
 };
@@ -22,14 +23,6 @@ async fn start(lab: &services::Lab, scenario: &str, delay: Duration) -> (Recorde
     let topics = vec![(TOPIC.to_owned(), recorder.topic(TOPIC, &lab.creds.api_key, 30, 8, 5))];
     let gateway = Gateway::start(lab, scenario, Setup { topics, ..Default::default() }).await;
     (recorder, gateway)
-}
-
-/// Restarts the server and waits until the gateway sees it again.
-async fn bring_back(gw: &mut Gateway) -> Duration {
-    let started = Instant::now();
-    services::services_up().await;
-    gw.wait_health("MongoDB back", Duration::from_secs(60), |h| h["mongodb"] == "healthy").await;
-    started.elapsed()
 }
 
 async fn conclude(
@@ -48,8 +41,7 @@ async fn conclude(
         limit: default_limit(n()),
     };
     let tally = judge.judge(&gw, &submitted, notes).await;
-    gw.cleanup().await;
-    tally.finish(started.elapsed());
+    tally.finish(gw, started.elapsed()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -66,7 +58,7 @@ async fn mongodb_stopped_during_submits_loses_no_acknowledged_task() {
     // Stop it while submits are in flight, then keep submitting while it is gone.
     let (progress, during) = submit_in_background(&gw.api, TOPIC, b.to_vec(), 8);
     crate::checker::wait_progress(&progress, b.len() / 4, Duration::from_secs(60)).await;
-    services::stop_mongo("TERM").await;
+    mongo_server::stop("TERM").await;
     let mut down = during.await.expect("submitter");
     down.merge(submit_all(&gw.api, TOPIC, while_down, 16, Default::default()).await);
     let refused: Vec<String> = down.rejected.iter().map(|(id, _)| id.clone()).collect();
@@ -109,7 +101,7 @@ async fn mongodb_stopped_during_processing_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let before = recorder.total();
-    services::stop_mongo("TERM").await;
+    mongo_server::stop("TERM").await;
     gw.wait_health("MongoDB down", Duration::from_secs(30), |h| h["mongodb"] == "unhealthy").await;
     // Keep it down long enough for every running handler to finish and find nowhere to write.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -141,7 +133,7 @@ async fn mongodb_killed_right_after_a_batch_of_200_keeps_every_acknowledged_task
     let (batch, rest) = ids.split_at(BATCH);
     let mut submitted = submit_all(&gw.api, TOPIC, batch, 16, Default::default()).await;
     // The instant the 200th answer is in: no clean shutdown, no flush.
-    services::stop_mongo("KILL").await;
+    mongo_server::stop("KILL").await;
     assert_eq!(submitted.acked.len(), BATCH, "the batch was acknowledged: {:?}", submitted.rejected);
     let restart = bring_back(&mut gw).await;
     let states = crate::checker::states(&gw.mongo).await.expect("the store answers after the restart");

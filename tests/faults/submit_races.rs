@@ -80,8 +80,7 @@ async fn fifty_identical_parallel_submits_make_one_task_and_one_execution() {
     for id in &submitted.acked {
         assert_eq!(runs.get(id).map(Vec::as_slice), Some(&[1][..]), "{id} ran once");
     }
-    gw.cleanup().await;
-    tally.finish(started.elapsed());
+    tally.finish(gw, started.elapsed()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -132,6 +131,5 @@ async fn the_same_id_with_a_different_body_is_refused_and_the_original_kept() {
     }
     tally.submitted = submitted.acked.len() * 2;
     tally.notes.push(format!("{count} after the original, {count} racing it; every loser got 409"));
-    gw.cleanup().await;
-    tally.finish(started.elapsed());
+    tally.finish(gw, started.elapsed()).await;
 }
