@@ -309,11 +309,7 @@ impl Dispatcher {
                 tracing::info!(attempt, outcome = outcome_name, elapsed_ms, "attempt finished");
                 processed
             }
-            Some(Ok(None)) => {
-                // The lease expired and the task moved on; this attempt's result is void.
-                tracing::warn!(attempt, "attempt finished after its lease was taken back; result dropped");
-                Processed::Skipped
-            }
+            Some(Ok(None)) => self.claim_vanished_or_moved_on(task, attempt).await,
             Some(Err(e)) => {
                 tracing::error!(error = %e, "recording the outcome failed; the lease will expire and the task re-run");
                 Processed::Skipped
@@ -324,6 +320,25 @@ impl Dispatcher {
 }
 
 impl Dispatcher {
+    /// The attempt's end matched nothing. Normally the lease expired and the relay moved the
+    /// task on (its new message is out): this result is void and the delivery is done. But if
+    /// the task still waits with fewer attempts than this one, the store lost the claim (a server
+    /// that acknowledged an unjournaled write and then crashed): nobody else will publish it, so
+    /// the message goes back to the queue rather than leaving the task stranded.
+    async fn claim_vanished_or_moved_on(&self, task: &TaskRecord, attempt: u32) -> Processed {
+        let current = self.store.get(&task.task_id).await;
+        if let Ok(Some(now)) = &current
+            && now.status.is_waiting()
+            && now.attempts < attempt
+            && now.publish_due_at.is_none()
+        {
+            tracing::error!(attempt, stored_attempts = now.attempts, "the store lost this attempt's claim; requeued");
+            return Processed::Interrupted;
+        }
+        tracing::warn!(attempt, "attempt finished after its lease was taken back; result dropped");
+        Processed::Skipped
+    }
+
     /// Hands a recorded outcome to the reporter, off the consumer's path: the ack need not wait
     /// for Camunda, and a report lost here is sent by the relay's sweep.
     fn report(&self, task: TaskRecord, next_attempt_in: Duration, topic: &Topic) {

@@ -51,6 +51,11 @@ impl TaskStatus {
             .or_else(|| Self::ALL.into_iter().find(|s| s.seed_label() == label))
     }
 
+    /// Queued or retrying: waiting for a delivery to claim it.
+    pub fn is_waiting(self) -> bool {
+        matches!(self, Self::Queued | Self::Retrying)
+    }
+
     pub fn is_final(self) -> bool {
         matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
     }

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-pub use mongo::{MongoStore, lease_for};
+pub use mongo::{MongoStore, durable_write_concern, lease_for};
 pub use record::{CamundaLink, ReportState, TaskRecord, TaskSource};
 
 use crate::{
@@ -148,8 +148,13 @@ pub trait TaskStore: Send + Sync {
     /// The broker confirmed the publish held until `until`: nothing more to publish.
     async fn publish_confirmed(&self, task_id: &str, until: DateTime<Utc>) -> Result<(), StoreError>;
 
-    /// `publish_confirmed` for many tasks whose publish was held until the same `until`.
-    async fn publish_confirmed_many(&self, task_ids: &[String], until: DateTime<Utc>) -> Result<(), StoreError>;
+    /// `publish_confirmed` for many tasks whose publishes were held until some time in
+    /// `held` (inclusive); a task whose hold is outside it (re-taken since) keeps its debt.
+    async fn publish_confirmed_many(
+        &self,
+        task_ids: &[String],
+        held: std::ops::RangeInclusive<DateTime<Utc>>,
+    ) -> Result<(), StoreError>;
 
     /// queued/retrying (and due) → processing for one more attempt, with a lease. `None` when the
     /// task is not claimable (already claimed, final, cancelled, not yet due, or unknown).

@@ -11,7 +11,7 @@ use futures::TryStreamExt;
 use mongodb::{
     Collection, Database, IndexModel,
     error::{ErrorKind, WriteFailure},
-    options::{ClientOptions, IndexOptions, ReturnDocument},
+    options::{Acknowledgment, ClientOptions, IndexOptions, ReturnDocument, WriteConcern},
 };
 
 use super::{
@@ -59,6 +59,12 @@ fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
     }
 }
 
+/// Acknowledged by a majority and written to the journal: the gateway's writes are few and
+/// batched, so the journal flush is paid per batch, not per task.
+pub fn durable_write_concern() -> WriteConcern {
+    WriteConcern::builder().w(Acknowledgment::Majority).journal(true).build()
+}
+
 impl MongoStore {
     /// Connects lazily (the driver dials on first use) with bounded timeouts so an unreachable
     /// server answers within `settings.timeout` instead of the driver's 30 s default.
@@ -70,6 +76,11 @@ impl MongoStore {
         options.connect_timeout = Some(settings.timeout);
         options.max_pool_size = Some(settings.max_pool_size);
         options.app_name = Some("worker-api-gateway".into());
+        // "200 means stored" must survive a crash of the server too: without a journaled write
+        // concern an acknowledged write can sit in the server's log buffer and vanish with a
+        // SIGKILL (seen with the test server: a claim acknowledged, then gone after the restart).
+        // An explicit `w`/`journal` in the URI is the operator's choice and is kept.
+        options.write_concern.get_or_insert_with(durable_write_concern);
         let client = mongodb::Client::with_options(options).map_err(classify)?;
         Ok(Self::new(client.database(&settings.database)))
     }
@@ -210,10 +221,15 @@ impl TaskStore for MongoStore {
         outcomes
     }
 
-    async fn publish_confirmed_many(&self, task_ids: &[String], until: DateTime<Utc>) -> Result<(), StoreError> {
+    async fn publish_confirmed_many(
+        &self,
+        task_ids: &[String],
+        held: std::ops::RangeInclusive<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        let held = doc! {"$gte": bdate(*held.start()), "$lte": bdate(*held.end())};
         self.tasks
             .update_many(
-                doc! {"_id": {"$in": task_ids}, "publish_due_at": bdate(until)},
+                doc! {"_id": {"$in": task_ids}, "publish_due_at": held},
                 doc! {"$unset": {"publish_due_at": ""}},
             )
             .await
@@ -495,7 +511,9 @@ pub(super) fn claim_docs(lease_until: DateTime<Utc>, token: Option<&str>) -> (Do
     if let Some(token) = token {
         set.insert("claim_token", token);
     }
-    (due, doc! {"$set": set, "$inc": {"attempts": 1}})
+    // Delivered, so nothing is owed to the broker any more: the publish's own record of its
+    // confirm (written later, see `intake`) then finds nothing left to write.
+    (due, doc! {"$set": set, "$inc": {"attempts": 1}, "$unset": {"publish_due_at": ""}})
 }
 
 /// The event, extra filter (this attempt) and update that record how `attempt` ended.

@@ -7,3 +7,4 @@ mod camunda;
 mod engine;
 mod helpers;
 mod lifecycle;
+mod publishing;

@@ -129,6 +129,8 @@ impl Ctx {
         // The gateway's own pool size, so the raw limits are measured the way the gateway connects.
         options.max_pool_size = Some(10);
         options.server_selection_timeout = Some(Duration::from_secs(10));
+        // The gateway's write concern too: the limits are for writes as durable as its own.
+        options.write_concern = Some(worker_api_gateway::store::durable_write_concern());
         let mongo = mongodb::Client::with_options(options)?;
         mongo.database("admin").run_command(bson::doc! {"ping": 1}).await.context("MongoDB does not answer")?;
         let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
