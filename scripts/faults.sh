@@ -13,4 +13,4 @@ cd "$REPO"
 bash scripts/services.sh up
 # shellcheck source=/dev/null
 source .services/env
-exec cargo test --test faults "$@" -- --nocapture
+exec cargo test --release --test faults "$@" -- --nocapture

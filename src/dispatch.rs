@@ -21,8 +21,8 @@ use crate::{
     domain::{Limits, Submission},
     metrics::{Metrics, OutcomeLabels},
     store::{
-        AttemptOutcome, CamundaLink, Finish, InsertOutcome, NewTask, StoreError, TaskRecord, TaskSource, TaskStore,
-        lease_for,
+        AttemptOutcome, CamundaLink, Finish, Finished, InsertOutcome, NewTask, StoreError, TaskRecord, TaskSource,
+        TaskStore, lease_for,
     },
     topics::{HandlerContext, HandlerError, ProcessingStep, ProgressSink, Registry, Topic},
 };
@@ -58,13 +58,13 @@ pub struct Dispatcher {
     in_flight: Arc<Mutex<HashSet<(String, u32)>>>,
     /// Group commit of claims and of attempt ends across concurrent deliveries.
     claims: Coalescer<(String, DateTime<Utc>), StoreResult<Option<TaskRecord>>>,
-    finishes: Coalescer<Finish, StoreResult<Option<TaskRecord>>>,
+    finishes: Coalescer<Finish, StoreResult<Finished>>,
 }
 
 type StoreResult<T> = Result<T, StoreError>;
 
 /// Most claims (or attempt ends) written in one round trip.
-const CONSUMER_BATCH_MAX: usize = 100;
+const CONSUMER_BATCH_MAX: usize = 256;
 
 /// Claims in batches: one lease for the batch (the longest asked; a longer lease only delays
 /// the recovery of a crashed consumer), and a task asked for twice in one batch (a duplicate
@@ -296,12 +296,15 @@ impl Dispatcher {
                     elapsed_ms,
                     steps: steps.clone(),
                     outcome: outcome.clone(),
+                    read_back: self.reporter.is_some() && task.camunda.linked,
                 })
             })
             .await
         {
-            Some(Ok(Some(recorded))) => {
-                self.report(recorded, next_attempt_in, topic);
+            Some(Ok(Finished::Written(recorded))) => {
+                if let Some(recorded) = recorded {
+                    self.report(*recorded, next_attempt_in, topic);
+                }
                 self.metrics
                     .outcomes
                     .get_or_create(&OutcomeLabels { topic: task.topic.clone(), outcome: outcome_name.into() })
@@ -309,7 +312,7 @@ impl Dispatcher {
                 tracing::info!(attempt, outcome = outcome_name, elapsed_ms, "attempt finished");
                 processed
             }
-            Some(Ok(None)) => self.claim_vanished_or_moved_on(task, attempt).await,
+            Some(Ok(Finished::Missed)) => self.claim_vanished_or_moved_on(task, attempt).await,
             Some(Err(e)) => {
                 tracing::error!(error = %e, "recording the outcome failed; the lease will expire and the task re-run");
                 Processed::Skipped
@@ -366,7 +369,7 @@ impl Dispatcher {
         self.claims.call((task_id.to_owned(), lease)).await.unwrap_or_else(|| Err(stopped()))
     }
 
-    async fn finish(&self, finish: Finish) -> StoreResult<Option<TaskRecord>> {
+    async fn finish(&self, finish: Finish) -> StoreResult<Finished> {
         let stopped = || StoreError::Unavailable("finish writer stopped".into());
         self.finishes.call(finish).await.unwrap_or_else(|| Err(stopped()))
     }

@@ -41,7 +41,8 @@ impl Application {
         let store = MongoStore::connect(&settings.mongodb).await?;
         store.ensure_indexes().await.map_err(|e| anyhow::anyhow!("MongoDB at MONGODB_URI: {e}"))?;
         let http = reqwest::Client::builder().build()?;
-        let deps = NativeDeps { database: store.database().clone(), http };
+        let http2 = reqwest::Client::builder().http2_prior_knowledge().build()?;
+        let deps = NativeDeps { database: store.database().clone(), http, http2 };
         let defaults = SpecDefaults { timeout: settings.task_timeout, max_attempts: settings.task_retry_limit };
         let registry = Registry::load(&settings.topics_dir, defaults, &deps)?;
         if registry.get("nova_publicacao").is_some() {

@@ -91,6 +91,18 @@ pub struct Finish {
     pub elapsed_ms: i64,
     pub steps: Vec<ProcessingStep>,
     pub outcome: AttemptOutcome,
+    /// Whether the caller needs the task as it stands afterwards (to report it to Camunda);
+    /// if not, the batch spares itself the read.
+    pub read_back: bool,
+}
+
+/// How recording an attempt's end went.
+#[derive(Debug, Clone)]
+pub enum Finished {
+    /// Written; the task as it now stands, if it was asked for.
+    Written(Option<Box<TaskRecord>>),
+    /// Matched nothing: the attempt no longer holds the task.
+    Missed,
 }
 
 /// Why a user-requested transition (cancel, retry) was refused.
@@ -168,8 +180,8 @@ pub trait TaskStore: Send + Sync {
         lease_until: DateTime<Utc>,
     ) -> Result<Vec<TaskRecord>, StoreError>;
 
-    /// Records many attempt ends at once; one result per item, as `finish` would answer.
-    async fn finish_batch(&self, finishes: Vec<Finish>) -> Vec<Result<Option<TaskRecord>, StoreError>>;
+    /// Records many attempt ends at once; one result per item, in order.
+    async fn finish_batch(&self, finishes: Vec<Finish>) -> Vec<Result<Finished, StoreError>>;
 
     /// Appends processing steps (and sets the substatus) while `attempt` still holds the task.
     async fn record_progress(

@@ -15,8 +15,8 @@ use mongodb::{
 };
 
 use super::{
-    AttemptOutcome, Finish, InsertOutcome, ListQuery, NewTask, ReportOutcome, Statistics, StoreError, TaskRecord,
-    TaskSource, TaskStore, TransitionError,
+    AttemptOutcome, Finish, Finished, InsertOutcome, ListQuery, NewTask, ReportOutcome, Statistics, StoreError,
+    TaskRecord, TaskSource, TaskStore, TransitionError,
 };
 use crate::{
     config::MongoSettings,
@@ -287,7 +287,7 @@ impl TaskStore for MongoStore {
         self.claim_batch_impl(task_ids, lease_until).await
     }
 
-    async fn finish_batch(&self, finishes: Vec<Finish>) -> Vec<Result<Option<TaskRecord>, StoreError>> {
+    async fn finish_batch(&self, finishes: Vec<Finish>) -> Vec<Result<Finished, StoreError>> {
         self.finish_batch_impl(finishes).await
     }
 

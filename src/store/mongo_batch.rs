@@ -10,7 +10,7 @@ use futures::TryStreamExt;
 use mongodb::options::UpdateOneModel;
 
 use super::{
-    Finish, StoreError, TaskRecord,
+    Finish, Finished, StoreError, TaskRecord,
     mongo::{MongoStore, claim_docs, classify, finish_docs, transition_docs},
 };
 use crate::domain::Event;
@@ -36,7 +36,7 @@ impl MongoStore {
         self.find_ids(doc! {"_id": {"$in": &task_ids}, "claim_token": &token}).await
     }
 
-    pub(super) async fn finish_batch_impl(&self, finishes: Vec<Finish>) -> Vec<Result<Option<TaskRecord>, StoreError>> {
+    pub(super) async fn finish_batch_impl(&self, finishes: Vec<Finish>) -> Vec<Result<Finished, StoreError>> {
         let namespace = self.tasks().namespace();
         let mut models = Vec::with_capacity(finishes.len());
         for f in &finishes {
@@ -55,26 +55,37 @@ impl MongoStore {
             // Unknown which landed: answer item by item (each is a conditional update, safe to repeat).
             Err(_) => return self.finish_one_by_one(finishes).await,
         };
-        let ids: Vec<&str> = finishes.iter().map(|f| f.task_id.as_str()).collect();
-        let records: HashMap<String, TaskRecord> = match self.find_ids(doc! {"_id": {"$in": ids}}).await {
-            Ok(found) => found.into_iter().map(|t| (t.task_id.clone(), t)).collect(),
-            Err(e) => return finishes.iter().map(|_| Err(e.clone())).collect(),
+        let wanted: Vec<&str> = finishes.iter().filter(|f| f.read_back).map(|f| f.task_id.as_str()).collect();
+        let mut records: HashMap<String, TaskRecord> = if wanted.is_empty() {
+            HashMap::new()
+        } else {
+            match self.find_ids(doc! {"_id": {"$in": wanted}}).await {
+                Ok(found) => found.into_iter().map(|t| (t.task_id.clone(), t)).collect(),
+                Err(e) => return finishes.iter().map(|_| Err(e.clone())).collect(),
+            }
         };
         finishes
             .iter()
             .enumerate()
             .map(|(i, f)| {
-                let matched = written.get(&i).is_some_and(|r| r.matched_count == 1);
-                Ok(if matched { records.get(&f.task_id).cloned() } else { None })
+                if written.get(&i).is_none_or(|r| r.matched_count != 1) {
+                    return Ok(Finished::Missed);
+                }
+                let record = if f.read_back { records.remove(&f.task_id).map(Box::new) } else { None };
+                Ok(Finished::Written(record))
             })
             .collect()
     }
 
-    async fn finish_one_by_one(&self, finishes: Vec<Finish>) -> Vec<Result<Option<TaskRecord>, StoreError>> {
+    async fn finish_one_by_one(&self, finishes: Vec<Finish>) -> Vec<Result<Finished, StoreError>> {
         use super::TaskStore;
         let mut out = Vec::with_capacity(finishes.len());
         for f in finishes {
-            out.push(self.finish(&f.task_id, f.attempt, f.elapsed_ms, f.steps, f.outcome).await);
+            out.push(
+                self.finish(&f.task_id, f.attempt, f.elapsed_ms, f.steps, f.outcome)
+                    .await
+                    .map(|t| t.map_or(Finished::Missed, |t| Finished::Written(Some(Box::new(t))))),
+            );
         }
         out
     }

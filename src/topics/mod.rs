@@ -26,7 +26,10 @@ pub struct Topic {
 /// What native handlers may need from the running gateway.
 pub struct NativeDeps {
     pub database: mongodb::Database,
+    /// For `http` handlers (HTTP/1.1, or HTTP/2 when TLS negotiates it).
     pub http: reqwest::Client,
+    /// For `http` handlers with `http2 = true`: HTTP/2 from the first byte.
+    pub http2: reqwest::Client,
 }
 
 /// Every topic this gateway serves, by name.
@@ -100,7 +103,8 @@ fn build_handler(spec: &TopicSpec, deps: &NativeDeps) -> Option<Arc<dyn Handler>
     match spec.handler {
         HandlerKind::Http => {
             let url = spec.url.clone()?;
-            Some(Arc::new(HttpHandler::new(deps.http.clone(), url, spec.timeout())))
+            let client = if spec.http2 { &deps.http2 } else { &deps.http };
+            Some(Arc::new(HttpHandler::new(client.clone(), url, spec.timeout())))
         }
         HandlerKind::Native => match spec.native.as_deref().unwrap_or(&spec.name) {
             "say_hello" => Some(Arc::new(SayHello)),

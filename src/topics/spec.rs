@@ -90,6 +90,10 @@ pub struct TopicSpec {
     /// several topics.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub native: Option<String>,
+    /// `http` handler: the downstream speaks HTTP/2 over plain `http://` (h2c, prior knowledge),
+    /// so every concurrent call shares one connection. (`https://` negotiates HTTP/2 by itself.)
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub http2: bool,
     /// Handler timeout in seconds.
     pub timeout_seconds: u64,
     pub retry: RetryPolicy,
@@ -130,6 +134,8 @@ struct TopicFile {
     handler: HandlerKind,
     url: Option<String>,
     native: Option<String>,
+    #[serde(default)]
+    http2: bool,
     timeout_seconds: Option<u64>,
     retry: Option<RetryFile>,
     concurrency: Option<u16>,
@@ -185,6 +191,9 @@ impl TopicSpec {
             (HandlerKind::Native, Some(_)) => return Err(err("field `url` is only for handler = \"http\"".into())),
             (HandlerKind::Native, None) => {}
         }
+        if file.http2 && file.handler != HandlerKind::Http {
+            return Err(err("field `http2` is only for handler = \"http\"".into()));
+        }
         if file.native.is_some() && file.handler != HandlerKind::Native {
             return Err(err("field `native` is only for handler = \"native\"".into()));
         }
@@ -220,6 +229,7 @@ impl TopicSpec {
             handler: file.handler,
             url: file.url,
             native: file.native,
+            http2: file.http2,
             timeout_seconds,
             retry,
             concurrency,
@@ -251,6 +261,8 @@ mod tests {
         assert!(msg.contains("t/x.toml") && msg.contains("timeout_secs"), "{msg}");
         let e = TopicSpec::parse(Path::new("t/x.toml"), "handler = \"http\"", D);
         assert!(e.err().map(|e| e.to_string()).unwrap_or_default().contains("`url`"));
+        let e = TopicSpec::parse(Path::new("t/x.toml"), "handler = \"native\"\nhttp2 = true", D);
+        assert!(e.err().map(|e| e.to_string()).unwrap_or_default().contains("`http2`"));
     }
 
     #[test]

@@ -261,6 +261,8 @@ where
 pub struct Downstream {
     pub url: String,
     pub calls: std::sync::Arc<AtomicU32>,
+    /// Calls that came over HTTP/2.
+    pub http2_calls: std::sync::Arc<AtomicU32>,
 }
 
 pub async fn downstream(script: Vec<u16>) -> Downstream {
@@ -275,13 +277,19 @@ type Plan = (Vec<u16>, Duration, Option<Value>);
 pub async fn downstream_with(script: Vec<u16>, delay: Duration, reply: Option<Value>) -> Downstream {
     use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
     let calls = std::sync::Arc::new(AtomicU32::new(0));
-    let state = (calls.clone(), std::sync::Arc::new((script, delay, reply)));
+    let http2_calls = std::sync::Arc::new(AtomicU32::new(0));
+    let state = (calls.clone(), http2_calls.clone(), std::sync::Arc::new((script, delay, reply)));
+    type Shared = (std::sync::Arc<AtomicU32>, std::sync::Arc<AtomicU32>, std::sync::Arc<Plan>);
     let app = Router::new()
         .route(
             "/",
             post(
-                |State((calls, plan)): State<(std::sync::Arc<AtomicU32>, std::sync::Arc<Plan>)>,
+                |State((calls, http2_calls, plan)): State<Shared>,
+                 version: axum::http::Version,
                  Json(body): Json<Value>| async move {
+                    if version == axum::http::Version::HTTP_2 {
+                        http2_calls.fetch_add(1, Ordering::SeqCst);
+                    }
                     let (script, delay, fixed) = &*plan;
                     tokio::time::sleep(*delay).await;
                     let n = calls.fetch_add(1, Ordering::SeqCst) as usize;
@@ -300,7 +308,7 @@ pub async fn downstream_with(script: Vec<u16>, delay: Duration, reply: Option<Va
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind downstream");
     let port = listener.local_addr().expect("addr").port();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    Downstream { url: format!("http://127.0.0.1:{port}/"), calls }
+    Downstream { url: format!("http://127.0.0.1:{port}/"), calls, http2_calls }
 }
 
 /// A topic file for the `http` handler kind.

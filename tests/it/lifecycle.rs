@@ -49,6 +49,22 @@ async fn a_task_that_keeps_failing_stops_at_its_attempt_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_topic_calls_its_downstream_over_http2() {
+    let downstream = downstream(vec![200]).await;
+    let topic = http_topic(&downstream.url, 1, 5).replace("concurrency = 4\n", "concurrency = 4\nhttp2 = true\n");
+    let app = spawn_app_with(with_topic("h2", topic)).await;
+    for i in 0..3 {
+        assert_eq!(app.submit(&body(&format!("h2-{i}"), "h2", json!({"n": i}))).await.0, 200);
+    }
+    for i in 0..3 {
+        let task = app.wait_status(&format!("h2-{i}"), "succeeded", WAIT).await;
+        assert_eq!(task["result"]["echo"]["n"], json!(i));
+    }
+    assert_eq!(downstream.http2_calls.load(Ordering::SeqCst), 3, "every call went over HTTP/2");
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_business_error_fails_at_once() {
     let down = downstream(vec![422]).await;
     let app = spawn_app_with(with_topic("strict", http_topic(&down.url, 5, 10))).await;

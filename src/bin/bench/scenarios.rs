@@ -186,7 +186,7 @@ pub async fn memory_in_flight(ctx: &Ctx, run: &mut Run, tag: &str) -> anyhow::Re
     }
     let hold_topic = format!(
         "# bench: every task is held open by a stand-in downstream until the bench releases it.\n\
-         description = \"bench: held until released\"\nhandler = \"http\"\nurl = \"{}\"\n\
+         description = \"bench: held until released\"\nhandler = \"http\"\nurl = \"{}\"\nhttp2 = true\n\
          timeout_seconds = 900\n# The prefetch: all N messages delivered and handled at once.\nconcurrency = {n}\n\n\
          [retry]\nmax_attempts = 1\n",
         downstream.url()

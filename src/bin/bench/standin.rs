@@ -1,6 +1,8 @@
 //! A stand-in downstream for the `http` handler kind that holds every request open until it is
 //! released, so the gateway can be observed with a known number of handlers running at once.
-//! It counts the requests it holds; releasing answers them all 200 `{}`.
+//! It counts the requests it holds; releasing answers them all 200 `{}`. It speaks HTTP/1.1 and
+//! HTTP/2 without TLS (h2c) with no limit on concurrent streams, so a gateway topic with
+//! `http2 = true` can hold thousands of calls on one connection.
 
 use std::{
     net::SocketAddr,
@@ -41,8 +43,25 @@ impl HoldServer {
         let app = Router::new().route("/hold", post(hold)).with_state(shared.clone());
         let until = stop.clone();
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(until.cancelled_owned()).await {
-                eprintln!("[bench] stand-in downstream stopped: {e}");
+            let mut server = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            server.http2().max_concurrent_streams(None);
+            loop {
+                let (stream, _) = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok(accepted) => accepted,
+                        Err(e) => {
+                            eprintln!("[bench] stand-in downstream stopped accepting: {e}");
+                            return;
+                        }
+                    },
+                    () = until.cancelled() => return,
+                };
+                let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                let server = server.clone();
+                tokio::spawn(async move {
+                    // A connection ends when the gateway hangs up; nothing to report.
+                    let _ = server.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+                });
             }
         });
         Ok(Self { addr, shared, stop })
