@@ -58,7 +58,13 @@ impl Reporter {
     #[tracing::instrument(skip_all, fields(task_id = %task.task_id))]
     pub async fn report(&self, task: &TaskRecord) -> Result<bool, StoreError> {
         let Some(seen) = task.camunda.report_due_at.map(|d| d.to_chrono()) else { return Ok(false) };
-        let until = Utc::now() + chrono::Duration::from_std(REPORT_HOLD).unwrap_or_default();
+        let now = Utc::now();
+        if seen > now {
+            // A hold, not a due time: another sender (the relay's sweep, say, if this record was
+            // read after it took the report) is sending it now.
+            return Ok(false);
+        }
+        let until = now + chrono::Duration::from_std(REPORT_HOLD).unwrap_or_default();
         if !self.store.take_report(&task.task_id, seen, until).await? {
             return Ok(false);
         }
