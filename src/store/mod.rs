@@ -5,13 +5,16 @@
 mod mongo;
 mod mongo_batch;
 mod mongo_camunda;
+mod mongo_docs;
+mod mongo_queries;
 mod record;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-pub use mongo::{MongoStore, durable_write_concern, lease_for};
+pub use mongo::{MongoStore, durable_write_concern};
+pub use mongo_docs::lease_for;
 pub use record::{CamundaLink, ReportState, TaskRecord, TaskSource};
 
 use crate::{

@@ -2,7 +2,7 @@
 //! `updateOne` whose filter holds the expected state; no multi-document transactions. It must not
 //! log variables or URIs.
 
-use std::{collections::HashMap, time::Duration};
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use bson::{DateTime as BsonDate, Document, doc};
@@ -14,6 +14,7 @@ use mongodb::{
     options::{Acknowledgment, ClientOptions, IndexOptions, ReturnDocument, WriteConcern},
 };
 
+use super::mongo_docs::{MAX_STEPS, bdate, claim_docs, finish_docs, new_record, transition_docs};
 use super::{
     AttemptOutcome, Finish, Finished, InsertOutcome, ListQuery, NewTask, ReportOutcome, Statistics, StoreError,
     TaskRecord, TaskSource, TaskStore, TransitionError,
@@ -24,21 +25,10 @@ use crate::{
     topics::ProcessingStep,
 };
 
-/// Processing steps kept per task; a chatty handler must not grow a document without bound.
-const MAX_STEPS: i32 = 100;
-
 #[derive(Clone)]
 pub struct MongoStore {
     tasks: Collection<TaskRecord>,
     database: Database,
-}
-
-pub(super) fn bdate(t: DateTime<Utc>) -> BsonDate {
-    BsonDate::from_chrono(t)
-}
-
-fn states(list: &[TaskStatus]) -> Vec<&'static str> {
-    list.iter().map(|s| s.as_str()).collect()
 }
 
 /// Maps a driver error: anything that says "the server is not reachable" becomes `Unavailable`.
@@ -422,183 +412,10 @@ impl TaskStore for MongoStore {
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<TaskRecord>, StoreError> {
-        let mut filter = Document::new();
-        if let Some(status) = query.status {
-            filter.insert("status", status.as_str());
-        }
-        if let Some(topic) = &query.topic {
-            filter.insert("topic", topic.as_str());
-        }
-        if let Some(worker) = &query.worker_id {
-            filter.insert("worker_id", worker.as_str());
-        }
-        if let Some((millis, id)) = &query.after {
-            let at = BsonDate::from_millis(*millis);
-            filter.insert("$or", vec![doc! {"created_at": {"$lt": at}}, doc! {"created_at": at, "_id": {"$lt": id}}]);
-        }
-        self.tasks
-            .find(filter)
-            .sort(doc! {"created_at": -1, "_id": -1})
-            .limit(i64::from(query.limit))
-            .await
-            .map_err(classify)?
-            .try_collect()
-            .await
-            .map_err(classify)
+        self.list_impl(query).await
     }
 
     async fn statistics(&self) -> Result<Statistics, StoreError> {
-        let raw = self.database.collection::<Document>("tasks");
-        let group = |field: &str| {
-            let raw = raw.clone();
-            let pipeline = vec![doc! {"$group": {"_id": format!("${field}"), "n": {"$sum": 1}}}];
-            async move {
-                let docs: Vec<Document> =
-                    raw.aggregate(pipeline).await.map_err(classify)?.try_collect().await.map_err(classify)?;
-                let mut out: Vec<(String, u64)> =
-                    docs.iter().filter_map(|d| Some((d.get_str("_id").ok()?.to_owned(), count(d.get("n")?)))).collect();
-                out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-                Ok::<_, StoreError>(out)
-            }
-        };
-        let avg_pipeline = vec![
-            doc! {"$match": {"status": {"$in": ["succeeded", "failed"]}, "processing_time_ms": {"$ne": null}}},
-            doc! {"$group": {"_id": null, "avg": {"$avg": "$processing_time_ms"}}},
-        ];
-        let average = async {
-            let docs: Vec<Document> =
-                raw.aggregate(avg_pipeline).await.map_err(classify)?.try_collect().await.map_err(classify)?;
-            Ok::<_, StoreError>(docs.first().and_then(|d| d.get("avg")).and_then(bson::Bson::as_f64))
-        };
-        let (by_status, by_topic, by_worker, average) =
-            futures::try_join!(group("status"), group("topic"), group("worker_id"), average)?;
-        let by_status: Vec<(TaskStatus, u64)> =
-            by_status.into_iter().filter_map(|(s, n)| Some((TaskStatus::parse_label(&s)?, n))).collect();
-        Ok(Statistics {
-            total: by_status.iter().map(|(_, n)| n).sum(),
-            by_status,
-            by_topic,
-            by_worker,
-            average_processing_time_ms: average,
-        })
+        self.statistics_impl().await
     }
-}
-
-/// Filter and update for `event` on the tasks `base` selects: the filter names the states the
-/// event may leave from, the update sets the state it leads to.
-pub(super) fn transition_docs(
-    mut base: Document,
-    event: Event,
-    extra_filter: Document,
-    mut update: Document,
-) -> (Document, Document) {
-    let t = event.transition();
-    base.insert("status", doc! {"$in": states(t.from)});
-    base.extend(extra_filter);
-    let set = update.entry("$set".to_owned()).or_insert_with(|| doc! {}.into());
-    if let bson::Bson::Document(set) = set {
-        set.insert("status", t.to.as_str());
-        set.insert("updated_at", BsonDate::now());
-    }
-    (base, update)
-}
-
-/// Extra filter (due now) and update for claiming; `token` marks a batch claim's documents.
-pub(super) fn claim_docs(lease_until: DateTime<Utc>, token: Option<&str>) -> (Document, Document) {
-    let now = BsonDate::now();
-    let due = doc! {"$or": [{"next_attempt_at": null}, {"next_attempt_at": {"$lte": now}}]};
-    let mut set = doc! {"lease_until": bdate(lease_until), "started_at": now, "substatus": null};
-    if let Some(token) = token {
-        set.insert("claim_token", token);
-    }
-    // Delivered, so nothing is owed to the broker any more: the publish's own record of its
-    // confirm (written later, see `intake`) then finds nothing left to write.
-    (due, doc! {"$set": set, "$inc": {"attempts": 1}, "$unset": {"publish_due_at": ""}})
-}
-
-/// The event, extra filter (this attempt) and update that record how `attempt` ended.
-pub(super) fn finish_docs(
-    attempt: u32,
-    elapsed_ms: i64,
-    steps: Vec<ProcessingStep>,
-    outcome: AttemptOutcome,
-) -> Result<(Event, Document, Document), StoreError> {
-    let now = BsonDate::now();
-    let (event, mut update) = match outcome {
-        AttemptOutcome::Succeeded { result } => {
-            let result = bson::to_bson(&result).map_err(|e| StoreError::Other(e.to_string()))?;
-            (
-                Event::Succeed,
-                doc! {"$set": {"result": result, "completed_at": now, "substatus": null, "camunda.report_due_at": now},
-                "$unset": {"lease_until": "", "next_attempt_at": "", "error_message": "", "error_code": ""}},
-            )
-        }
-        AttemptOutcome::Retry { error, next_attempt_at } => (
-            Event::FailRetryable,
-            doc! {"$set": {"error_message": error, "next_attempt_at": bdate(next_attempt_at),
-                     "publish_due_at": bdate(next_attempt_at)},
-            "$inc": {"retries": 1},
-            "$unset": {"lease_until": ""}},
-        ),
-        AttemptOutcome::Failed { error, error_code } => (
-            Event::FailFinal,
-            doc! {"$set": {"error_message": error, "error_code": error_code, "completed_at": now,
-                           "camunda.report_due_at": now},
-            "$unset": {"lease_until": "", "next_attempt_at": ""}},
-        ),
-    };
-    if let Ok(set) = update.get_document_mut("$set") {
-        set.insert("processing_time_ms", elapsed_ms);
-    }
-    if !steps.is_empty() {
-        let steps = bson::to_bson(&steps).map_err(|e| StoreError::Other(e.to_string()))?;
-        update.insert("$push", doc! {"processing_steps": {"$each": steps, "$slice": -MAX_STEPS}});
-    }
-    Ok((event, doc! {"attempts": attempt}, update))
-}
-
-/// The stored form of a new task: queued, no attempt yet, its publish owed from `publish_due_at`.
-fn new_record(task: NewTask, now: BsonDate) -> TaskRecord {
-    let s = task.submission;
-    TaskRecord {
-        task_id: s.task_id.to_string(),
-        worker_id: s.worker_id.to_string(),
-        topic: s.topic.to_string(),
-        fingerprint: s.fingerprint(),
-        variables: s.variables,
-        source: task.source,
-        status: TaskStatus::Queued,
-        substatus: None,
-        attempts: 0,
-        max_attempts: task.max_attempts,
-        result: None,
-        error_message: None,
-        error_code: None,
-        retries: 0,
-        processing_steps: Vec::new(),
-        processing_time_ms: None,
-        created_at: now,
-        updated_at: now,
-        started_at: None,
-        completed_at: None,
-        lease_until: None,
-        next_attempt_at: None,
-        publish_due_at: Some(bdate(task.publish_due_at)),
-        camunda: task.camunda,
-    }
-}
-
-fn count(b: &bson::Bson) -> u64 {
-    match b {
-        bson::Bson::Int32(n) => u64::try_from(*n).unwrap_or(0),
-        bson::Bson::Int64(n) => u64::try_from(*n).unwrap_or(0),
-        bson::Bson::Double(n) => *n as u64,
-        _ => 0,
-    }
-}
-
-/// How long a claim may run before the relay presumes the consumer dead: the handler's timeout
-/// plus room for recording the outcome.
-pub fn lease_for(timeout: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(timeout + Duration::from_secs(30)).unwrap_or(chrono::Duration::hours(1))
 }

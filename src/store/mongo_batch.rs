@@ -11,7 +11,8 @@ use mongodb::options::UpdateOneModel;
 
 use super::{
     Finish, Finished, StoreError, TaskRecord,
-    mongo::{MongoStore, claim_docs, classify, finish_docs, transition_docs},
+    mongo::{MongoStore, classify},
+    mongo_docs::{claim_docs, finish_docs, transition_docs},
 };
 use crate::domain::Event;
 

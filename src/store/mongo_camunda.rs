@@ -5,14 +5,10 @@ use bson::{DateTime as BsonDate, doc};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 
-use super::{ReportOutcome, StoreError, TaskRecord, TaskSource, mongo::classify};
+use super::{ReportOutcome, StoreError, TaskRecord, TaskSource, mongo::classify, mongo_docs::bdate};
 use crate::store::MongoStore;
 
 const UNFINISHED: [&str; 3] = ["queued", "processing", "retrying"];
-
-fn bdate(t: DateTime<Utc>) -> BsonDate {
-    BsonDate::from_chrono(t)
-}
 
 fn source_name(source: TaskSource) -> &'static str {
     match source {
