@@ -49,7 +49,27 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// CPU seconds (user + system) a process has used so far, from `/proc/<pid>/stat`.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; count fields after its closing parenthesis.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some(ticks / 100.0)
+}
+
+/// The MongoDB-wire test server's pid, as `scripts/services.sh` recorded it.
+pub fn mongo_server_pid() -> Option<u32> {
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".services/secantus.pid");
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
 impl Gateway {
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// Starts a gateway named `name` in `mode` (all | api | worker) on the topics of `topics_dir`
     /// and waits until `/health` says MongoDB and RabbitMQ are both up.
     pub async fn start(ctx: &Ctx, name: &str, mode: &str, topics_dir: &Path) -> anyhow::Result<Self> {

@@ -17,6 +17,8 @@ pub enum M {
     SubmitPeak,
     SubmitPeakP50,
     SubmitPeakP99,
+    GatewayCpu,
+    MongoCpu,
     Recovery,
     HalfRate,
     HalfP50,
@@ -36,7 +38,7 @@ pub enum M {
     LoadAvg,
 }
 
-const ALL: [M; 27] = [
+const ALL: [M; 29] = [
     M::MongoSingle1,
     M::MongoSingleN,
     M::MongoSingle,
@@ -47,6 +49,8 @@ const ALL: [M; 27] = [
     M::SubmitPeak,
     M::SubmitPeakP50,
     M::SubmitPeakP99,
+    M::GatewayCpu,
+    M::MongoCpu,
     M::Recovery,
     M::HalfRate,
     M::HalfP50,
@@ -101,6 +105,8 @@ fn describe(m: M, p: &Plan) -> (String, &'static str, usize, Target) {
         M::SubmitPeak => (format!("gateway submit throughput, {c} connections"), "req/s", 0, Target::None),
         M::SubmitPeakP50 => ("  submit latency p50 at that load".into(), "ms", 1, Target::None),
         M::SubmitPeakP99 => ("  submit latency p99 at that load".into(), "ms", 1, Target::None),
+        M::GatewayCpu => ("  gateway CPU at that load".into(), "cores", 2, Target::None),
+        M::MongoCpu => ("  MongoDB-wire server CPU at that load".into(), "cores", 2, Target::None),
         M::Recovery => ("  first submit after those clients hung up mid-request".into(), "ms", 0, Target::None),
         M::HalfRate => (format!("half load: rate achieved, {} connections", c / 2), "req/s", 0, Target::None),
         M::HalfP50 => ("  submit latency p50 at half load".into(), "ms", 1, Target::None),

@@ -75,7 +75,17 @@ pub async fn submit_load(ctx: &Ctx, run: &mut Run, tag: &str) -> anyhow::Result<
             load::wrk(ctx, &gw.base, &id("warm"), p.wrk_connections, p.wrk_warmup_s, None).await?;
             load::settle(ctx, &gw.base, &id("settle-warm")).await?;
         }
+        let pids = [Some(gw.pid()), crate::gateway::mongo_server_pid()];
+        let cpu = || pids.map(|pid| pid.and_then(crate::gateway::cpu_seconds));
+        let (cpu_before, wall) = (cpu(), std::time::Instant::now());
         let peak = load::wrk(ctx, &gw.base, &id("peak"), p.wrk_connections, p.wrk_duration_s, None).await?;
+        let (cpu_after, wall) = (cpu(), wall.elapsed().as_secs_f64());
+        for (m, (before, after)) in [M::GatewayCpu, M::MongoCpu].into_iter().zip(cpu_before.into_iter().zip(cpu_after))
+        {
+            if let (Some(before), Some(after)) = (before, after) {
+                run.insert(m, (after - before) / wall);
+            }
+        }
         let recovery = load::settle(ctx, &gw.base, &id("settle-peak")).await?;
         eprintln!(
             "[bench] submit at peak: {:.0} req/s, p50 {:.1} ms, p99 {:.1} ms ({} requests, {} errors); \
