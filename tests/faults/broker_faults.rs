@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::{
-    checker::{Expect, Judge, Submitted, default_limit, ids, n, submit_all, submit_in_background, wait_progress},
+    checker::{conclude, ids, n, submit_all, submit_in_background, wait_progress},
     gateway::{Gateway, Setup},
     recorder::{Behavior, Recorder},
     services::{self, lab, rabbitmqctl},
@@ -27,26 +27,6 @@ async fn wait_rabbit(gw: &mut Gateway, word: &'static str, limit: Duration) -> D
     let started = Instant::now();
     gw.wait_health(&format!("rabbitmq {word}"), limit, |h| h["rabbitmq"] == word).await;
     started.elapsed()
-}
-
-/// Waits for quiescence, classifies, records the row and checks the log.
-async fn conclude(
-    scenario: &str,
-    started: Instant,
-    gw: Gateway,
-    recorder: &Recorder,
-    submitted: Submitted,
-    notes: Vec<String>,
-) {
-    let judge = Judge {
-        scenario,
-        expect: Expect::succeeded(),
-        recorder: Some(recorder),
-        camunda: None,
-        limit: default_limit(n()),
-    };
-    let tally = judge.judge(&gw, &submitted, notes).await;
-    tally.finish(gw, started.elapsed()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -356,3 +356,24 @@ impl Judge<'_> {
         tally
     }
 }
+
+/// The usual end of a scenario whose tasks must all succeed: waits for quiescence, classifies
+/// every acknowledged task, records the row and checks the log.
+pub async fn conclude(
+    scenario: &str,
+    started: Instant,
+    gw: crate::gateway::Gateway,
+    recorder: &Recorder,
+    submitted: Submitted,
+    notes: Vec<String>,
+) {
+    let judge = Judge {
+        scenario,
+        expect: Expect::succeeded(),
+        recorder: Some(recorder),
+        camunda: None,
+        limit: default_limit(n()),
+    };
+    let tally = judge.judge(&gw, &submitted, notes).await;
+    tally.finish(gw, started.elapsed()).await;
+}

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::{
     checker::{
-        Expect, Judge, Submitted, default_limit, ids, n, resubmit_until_acked, submit_all, submit_in_background,
+        conclude, ids, n, resubmit_until_acked, submit_all, submit_in_background,
     },
     gateway::{Gateway, Setup},
     mongo_server::{self, bring_back},
@@ -23,25 +23,6 @@ async fn start(lab: &services::Lab, scenario: &str, delay: Duration) -> (Recorde
     let topics = vec![(TOPIC.to_owned(), recorder.topic(TOPIC, &lab.creds.api_key, 30, 8, 5))];
     let gateway = Gateway::start(lab, scenario, Setup { topics, ..Default::default() }).await;
     (recorder, gateway)
-}
-
-async fn conclude(
-    scenario: &str,
-    started: Instant,
-    gw: Gateway,
-    recorder: &Recorder,
-    submitted: Submitted,
-    notes: Vec<String>,
-) {
-    let judge = Judge {
-        scenario,
-        expect: Expect::succeeded(),
-        recorder: Some(recorder),
-        camunda: None,
-        limit: default_limit(n()),
-    };
-    let tally = judge.judge(&gw, &submitted, notes).await;
-    tally.finish(gw, started.elapsed()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
