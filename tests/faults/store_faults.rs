@@ -6,9 +6,7 @@
 use std::time::{Duration, Instant};
 
 use crate::{
-    checker::{
-        conclude, ids, n, resubmit_until_acked, submit_all, submit_in_background,
-    },
+    checker::{conclude, ids, n, resubmit_until_acked, submit_all, submit_in_background},
     gateway::{Gateway, Setup},
     mongo_server::{self, bring_back},
     recorder::{Behavior, Recorder},
