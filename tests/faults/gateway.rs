@@ -12,7 +12,10 @@ use std::{
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
-use crate::services::{Lab, env, unique};
+use crate::{
+    common::delete_topology,
+    services::{Lab, env, unique},
+};
 
 /// What a scenario changes in the gateway's configuration.
 #[derive(Default, Clone)]
@@ -239,22 +242,6 @@ impl Gateway {
         let _ = self.mongo.drop().await;
         delete_topology(&self.exchange, &self.topics).await;
     }
-}
-
-async fn delete_topology(exchange: &str, topics: &[String]) {
-    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-    let Ok(conn) = lapin::Connection::connect(&env("RABBITMQ_URL"), lapin::ConnectionProperties::default()).await
-    else {
-        return;
-    };
-    let Ok(ch) = conn.create_channel().await else { return };
-    for topic in topics {
-        let _ = ch.queue_delete(format!("{exchange}.task.submit.{topic}").into(), QueueDeleteOptions::default()).await;
-    }
-    let _ = ch.queue_delete(format!("{exchange}.dead").into(), QueueDeleteOptions::default()).await;
-    let _ = ch.exchange_delete(exchange.into(), ExchangeDeleteOptions::default()).await;
-    let _ = ch.exchange_delete(format!("{exchange}.dlx").into(), ExchangeDeleteOptions::default()).await;
-    let _ = conn.close(200, "bye".into()).await;
 }
 
 /// Messages ready in a queue of this gateway (passive declare), e.g. `dead` or `task.submit.x`.

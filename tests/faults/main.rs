@@ -12,6 +12,8 @@
 
 mod camunda_standin;
 mod checker;
+#[path = "../common/mod.rs"]
+mod common;
 mod gateway;
 mod mongo_server;
 mod recorder;

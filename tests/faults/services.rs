@@ -13,23 +13,9 @@ use std::{
 
 use rand::{Rng, distr::Alphanumeric};
 
+pub use crate::common::{env, unique};
+
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
-
-/// A variable the test services set (`source .services/env`); missing means the test fails.
-pub fn env(var: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| {
-        panic!("{var} is not set: start the test services with `scripts/services.sh up` and `source .services/env`")
-    })
-}
-
-/// A name unique to this run: databases, exchanges, task ids.
-pub fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let n = N.fetch_add(1, Ordering::SeqCst);
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("{prefix}_{}_{n}_{nanos:x}", std::process::id())
-}
 
 fn random_secret(prefix: &str) -> String {
     let tail: String = rand::rng().sample_iter(&Alphanumeric).take(24).map(char::from).collect();

@@ -4,6 +4,8 @@
 mod api;
 mod bad_input;
 mod camunda;
+#[path = "../common/mod.rs"]
+mod common;
 mod engine;
 mod helpers;
 mod lifecycle;
