@@ -51,11 +51,37 @@ pub fn router(state: AppState) -> Router {
     let limit = state.settings.max_body_bytes;
     let mut app = Router::new().merge(system::router());
     if state.settings.mode.serves_api() {
-        app = app.merge(tasks::router()).merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()));
+        let document = openapi_document(&state.settings, &state.registry);
+        app =
+            app.merge(tasks::router()).merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", document));
     }
     app.fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn(error::error_path))
         .with_state(state)
+}
+
+/// The OpenAPI document with this instance's own rules filled in where the annotations cannot
+/// know them: the registered topics, and the identifier limits (`MAX_ID_LENGTH`). A client
+/// generated from it, or a fuzzer, then sends what this gateway accepts.
+pub fn openapi_document(settings: &Settings, registry: &Registry) -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let properties = doc.pointer_mut("/components/schemas/SubmitRequest/properties").and_then(|p| p.as_object_mut());
+    if let Some(properties) = properties {
+        let max = settings.limits.max_id_length;
+        for id in ["task_id", "worker_id"] {
+            if let Some(field) = properties.get_mut(id).and_then(|f| f.as_object_mut()) {
+                field.insert("minLength".into(), 1.into());
+                field.insert("maxLength".into(), max.into());
+                field.insert("pattern".into(), "^[A-Za-z0-9_.:-]+$".into());
+            }
+        }
+        if let Some(field) = properties.get_mut("topic").and_then(|f| f.as_object_mut()) {
+            let mut names: Vec<&str> = registry.names().collect();
+            names.sort_unstable();
+            field.insert("enum".into(), names.into());
+        }
+    }
+    doc
 }

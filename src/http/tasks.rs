@@ -225,6 +225,7 @@ pub async fn cancel(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Filter by status (English or seed label).
     status: Option<String>,
@@ -233,6 +234,7 @@ pub struct ListParams {
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
 }
 

@@ -111,11 +111,11 @@ async fn a_slow_topic_backlog_does_not_stall_another_topic_or_grow_memory() {
         })
     };
     let slow_queue = format!("{}.task.submit.{SLOW}", gw.exchange);
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while queue_depth(&slow_queue).await.unwrap_or(0) < 200.min(slow_n() as u32 / 4) {
-        assert!(Instant::now() < deadline, "the slow topic never built a backlog");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // The whole backlog first: the fast topic then competes with the slow consumer only, not
+    // with 16 clients writing the backlog into the store (a store-bound contest on this machine).
+    let mut submitted = slow.await.expect("submitter");
+    let backlog = queue_depth(&slow_queue).await.unwrap_or(0);
+    assert!(backlog >= 200.min(slow_n() as u32 / 4), "the slow topic never built a backlog ({backlog} queued)");
     // The fast topic, submitted behind the backlog, must finish while the backlog is still there.
     let fast_started = Instant::now();
     let fast_ids = ids("fast", n() / 2);
@@ -136,7 +136,6 @@ async fn a_slow_topic_backlog_does_not_stall_another_topic_or_grow_memory() {
         &fast_tally.lost[..3.min(fast_tally.lost.len())]
     );
 
-    let mut submitted = slow.await.expect("submitter");
     let slow_acked = submitted.acked.len();
     submitted.merge(Submitted { acked: fast.acked.clone(), rejected: fast.rejected.clone(), slowest: fast.slowest });
     let judge = Judge {
@@ -153,7 +152,7 @@ async fn a_slow_topic_backlog_does_not_stall_another_topic_or_grow_memory() {
     let (_, most) = recorder.concurrency(SLOW);
     assert!(most <= usize::from(SLOW_CONCURRENCY), "at most {SLOW_CONCURRENCY} slow handlers at once, saw {most}");
     tally.notes.push(format!(
-        "{slow_acked} slow + {} fast; {} fast done in {:.1} s with {backlog_left} slow still queued; \
+        "{slow_acked} slow + {} fast; {backlog} slow queued, then {} fast done in {:.1} s with {backlog_left} slow still queued; \
          slow handlers at once ≤ {most}; RSS {baseline:.0} MiB, peak {peak:.0}, end {now:.0}",
         fast.acked.len(),
         fast.acked.len(),

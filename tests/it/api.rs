@@ -172,6 +172,19 @@ async fn openapi_lists_every_route_and_swagger_ui_is_served() {
             "{method} {path} missing from the OpenAPI document"
         );
     }
+    // The instance's own rules: its topics, the identifier limits, query parameters in the query.
+    let submit = &doc["components"]["schemas"]["SubmitRequest"]["properties"];
+    let topics: Vec<&str> =
+        submit["topic"]["enum"].as_array().expect("topic enum").iter().filter_map(|t| t.as_str()).collect();
+    assert_eq!(topics, ["nova_publicacao", "say_hello"]);
+    assert_eq!(
+        (submit["task_id"]["minLength"].clone(), submit["task_id"]["maxLength"].clone()),
+        (json!(1), json!(128))
+    );
+    let list = doc["paths"]["/tasks"]["get"]["parameters"].as_array().expect("list parameters");
+    assert!(list.iter().all(|p| p["in"] == "query"), "{list:?}");
+    let limit = list.iter().find(|p| p["name"] == "limit").expect("limit parameter");
+    assert_eq!((limit["schema"]["minimum"].clone(), limit["schema"]["maximum"].clone()), (json!(1), json!(500)));
     let docs = app.get("/docs/").await;
     assert_eq!(docs.status().as_u16(), 200);
     assert!(docs.text().await.unwrap_or_default().contains("swagger"), "Swagger UI page");
