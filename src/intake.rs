@@ -87,23 +87,7 @@ async fn publish_batch(
     tasks: Vec<TaskRecord>,
     hold: DateTime<Utc>,
 ) {
-    let sends = tasks.iter().map(|task| {
-        let broker = broker.clone();
-        async move {
-            let body = crate::relay::message_body(task);
-            (task, broker.publish(&task.topic, body.as_bytes(), task.attempts + 1).await)
-        }
-    });
-    let mut confirmed = Vec::with_capacity(tasks.len());
-    for (task, result) in futures::future::join_all(sends).await {
-        match result {
-            Ok(()) => confirmed.push(task.task_id.clone()),
-            Err(error) => {
-                metrics.publish_failures.get_or_create(&Metrics::topic(&task.topic)).inc();
-                tracing::warn!(%error, task_id = %task.task_id, "publish not confirmed; the relay will retry");
-            }
-        }
-    }
+    let (confirmed, _) = crate::relay::publish_all(broker.as_ref(), &metrics, &tasks).await;
     if !confirmed.is_empty() {
         // Only fails once the recorder is gone (shutdown): the relay then publishes them again,
         // and the duplicates are skipped.

@@ -48,6 +48,50 @@ pub async fn publish_held(
     }
 }
 
+/// Publishes taken in one sweep step.
+const SWEEP_BATCH: u32 = 200;
+
+/// Publishes tasks held until `until` concurrently (the confirms overlap) and clears the debt of
+/// the confirmed ones in one update. Returns (published, failed).
+pub async fn publish_many(
+    store: &dyn TaskStore,
+    broker: &dyn Broker,
+    metrics: &Metrics,
+    tasks: &[TaskRecord],
+    until: DateTime<Utc>,
+) -> (u64, u64) {
+    let (confirmed, failed) = publish_all(broker, metrics, tasks).await;
+    if !confirmed.is_empty()
+        && let Err(error) = store.publish_confirmed_many(&confirmed, until..=until).await
+    {
+        // Harmless: the relay publishes them again and the duplicates are skipped.
+        tracing::warn!(%error, count = confirmed.len(), "publishes confirmed but not recorded");
+    }
+    (confirmed.len() as u64, failed)
+}
+
+/// Publishes tasks concurrently (the confirms overlap); returns the ids the broker confirmed and
+/// how many it did not (those keep their publish debt).
+pub async fn publish_all(broker: &dyn Broker, metrics: &Metrics, tasks: &[TaskRecord]) -> (Vec<String>, u64) {
+    let sends = tasks.iter().map(|task| async move {
+        let body = message_body(task);
+        (task, broker.publish(&task.topic, body.as_bytes(), task.attempts + 1).await)
+    });
+    let mut confirmed = Vec::with_capacity(tasks.len());
+    let mut failed = 0;
+    for (task, result) in futures::future::join_all(sends).await {
+        match result {
+            Ok(()) => confirmed.push(task.task_id.clone()),
+            Err(error) => {
+                failed += 1;
+                metrics.publish_failures.get_or_create(&Metrics::topic(&task.topic)).inc();
+                tracing::warn!(%error, task_id = %task.task_id, "publish not confirmed; the relay will retry");
+            }
+        }
+    }
+    (confirmed, failed)
+}
+
 /// The message for a task: the submission JSON, as a worker publishing directly would send it.
 pub fn message_body(task: &TaskRecord) -> String {
     serde_json::json!({
@@ -108,22 +152,17 @@ impl Relay {
         }
         loop {
             let now = Utc::now();
-            let due = self.store.due_for_publish(now, 200).await?;
-            let batch = due.len();
-            for task in due {
-                let Some(seen) = task.publish_due_at.map(|d| d.to_chrono()) else { continue };
-                let until = publish_hold_until(now);
-                if !self.store.take_publish(&task.task_id, seen, until).await? {
-                    continue; // another replica took it
-                }
-                if publish_held(self.store.as_ref(), self.broker.as_ref(), &self.metrics, &task, until).await {
-                    report.published += 1;
-                } else {
-                    report.publish_failed += 1;
-                    return Ok(report); // the broker is struggling; try again next tick
-                }
+            let until = publish_hold_until(now);
+            let taken = self.store.take_due_publishes(now, until, SWEEP_BATCH).await?;
+            let batch = taken.len();
+            let (published, failed) =
+                publish_many(self.store.as_ref(), self.broker.as_ref(), &self.metrics, &taken, until).await;
+            report.published += published;
+            report.publish_failed += failed;
+            if failed > 0 {
+                return Ok(report); // the broker is struggling; try again next tick
             }
-            if batch < 200 {
+            if batch < SWEEP_BATCH as usize {
                 return Ok(report);
             }
         }

@@ -153,12 +153,15 @@ pub trait TaskStore: Send + Sync {
 
     async fn get(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError>;
 
-    /// Tasks whose publish is due (pending or a retry whose time has come), oldest first.
-    async fn due_for_publish(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<TaskRecord>, StoreError>;
-
-    /// Moves a due publish from `seen` to `until` so no other relay publishes it meanwhile.
-    /// `false` if someone else got there first.
-    async fn take_publish(&self, task_id: &str, seen: DateTime<Utc>, until: DateTime<Utc>) -> Result<bool, StoreError>;
+    /// Takes up to `limit` due publishes (owed, or a retry whose time has come), oldest first:
+    /// moves each to `until` so no other relay publishes it meanwhile, and returns those this
+    /// call took (one that another relay took in between is left out).
+    async fn take_due_publishes(
+        &self,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<TaskRecord>, StoreError>;
 
     /// The broker confirmed the publish held until `until`: nothing more to publish.
     async fn publish_confirmed(&self, task_id: &str, until: DateTime<Utc>) -> Result<(), StoreError>;

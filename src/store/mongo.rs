@@ -231,28 +231,13 @@ impl TaskStore for MongoStore {
         self.tasks.find_one(doc! {"_id": task_id}).await.map_err(classify)
     }
 
-    async fn due_for_publish(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<TaskRecord>, StoreError> {
-        self.tasks
-            .find(doc! {"publish_due_at": {"$lte": bdate(now)}})
-            .sort(doc! {"publish_due_at": 1})
-            .limit(i64::from(limit))
-            .await
-            .map_err(classify)?
-            .try_collect()
-            .await
-            .map_err(classify)
-    }
-
-    async fn take_publish(&self, task_id: &str, seen: DateTime<Utc>, until: DateTime<Utc>) -> Result<bool, StoreError> {
-        let r = self
-            .tasks
-            .update_one(
-                doc! {"_id": task_id, "publish_due_at": bdate(seen)},
-                doc! {"$set": {"publish_due_at": bdate(until)}},
-            )
-            .await
-            .map_err(classify)?;
-        Ok(r.modified_count == 1)
+    async fn take_due_publishes(
+        &self,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        self.take_due_publishes_impl(now, until, limit).await
     }
 
     async fn publish_confirmed(&self, task_id: &str, until: DateTime<Utc>) -> Result<(), StoreError> {

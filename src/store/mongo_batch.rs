@@ -12,13 +12,54 @@ use mongodb::options::UpdateOneModel;
 use super::{
     Finish, Finished, StoreError, TaskRecord,
     mongo::{MongoStore, classify},
-    mongo_docs::{claim_docs, finish_docs, transition_docs},
+    mongo_docs::{bdate, claim_docs, finish_docs, transition_docs},
 };
 use crate::domain::Event;
 
 impl MongoStore {
     async fn find_ids(&self, filter: bson::Document) -> Result<Vec<TaskRecord>, StoreError> {
         self.tasks().find(filter).await.map_err(classify)?.try_collect().await.map_err(classify)
+    }
+
+    pub(super) async fn take_due_publishes_impl(
+        &self,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        let due = doc! {"publish_due_at": {"$lte": bdate(now)}};
+        let ids: Vec<String> = self
+            .tasks()
+            .clone_with_type::<bson::Document>()
+            .find(due.clone())
+            .sort(doc! {"publish_due_at": 1})
+            .limit(i64::from(limit))
+            .projection(doc! {"_id": 1})
+            .await
+            .map_err(classify)?
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(classify)?
+            .iter()
+            .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Still due means nobody else took it (a taker moves it into the future); the token
+        // tells this take's documents from anyone else's in the read that follows.
+        let token = ObjectId::new().to_hex();
+        let mut filter = doc! {"_id": {"$in": &ids}};
+        filter.extend(due);
+        let taken = self
+            .tasks()
+            .update_many(filter, doc! {"$set": {"publish_due_at": bdate(until), "publish_token": &token}})
+            .await
+            .map_err(classify)?;
+        if taken.modified_count == 0 {
+            return Ok(Vec::new());
+        }
+        self.find_ids(doc! {"_id": {"$in": &ids}, "publish_token": &token}).await
     }
 
     pub(super) async fn claim_batch_impl(
