@@ -3,7 +3,7 @@
 # services. It stops, kills and freezes the shared RabbitMQ and MongoDB-wire servers, so it runs
 # alone, one scenario at a time, and brings the services back after each.
 #
-#   scripts/faults.sh [cargo test args...]                 # CI size: FAULTS_N=200, FAULTS_SLOW_N=1000
+#   scripts/faults.sh [test name filters...]              # CI size: FAULTS_N=200, FAULTS_SLOW_N=1000
 #   FAULTS_N=1000 FAULTS_SLOW_N=10000 scripts/faults.sh    # the full run
 set -euo pipefail
 
@@ -13,4 +13,4 @@ cd "$REPO"
 bash scripts/services.sh up
 # shellcheck source=/dev/null
 source .services/env
-exec cargo test --release --test faults "$@" -- --nocapture
+exec cargo test --release --test faults -- --nocapture "$@"
