@@ -12,7 +12,7 @@ use mongodb::options::UpdateOneModel;
 use super::{
     Finish, Finished, StoreError, TaskRecord,
     mongo::{MongoStore, classify},
-    mongo_docs::{bdate, claim_docs, finish_docs, transition_docs},
+    mongo_docs::{bdate, claim_docs, due_by, finish_docs, transition_docs},
 };
 use crate::domain::Event;
 
@@ -27,7 +27,7 @@ impl MongoStore {
         until: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<TaskRecord>, StoreError> {
-        let due = doc! {"publish_due_at": {"$lte": bdate(now)}};
+        let due = doc! {"publish_due_at": due_by(now)};
         let ids: Vec<String> = self
             .tasks()
             .clone_with_type::<bson::Document>()
