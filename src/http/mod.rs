@@ -83,5 +83,25 @@ pub fn openapi_document(settings: &Settings, registry: &Registry) -> serde_json:
             field.insert("enum".into(), names.into());
         }
     }
+    // A topic's required variables, as "if the topic is T, then variables has these keys".
+    let mut rules: Vec<serde_json::Value> = registry
+        .iter()
+        .filter(|t| !t.spec.required_variables.is_empty())
+        .map(|t| {
+            serde_json::json!({
+                "if": {"properties": {"topic": {"const": t.spec.name}}, "required": ["topic"]},
+                "then": {
+                    "required": ["variables"],
+                    "properties": {"variables": {"type": "object", "required": t.spec.required_variables}},
+                },
+            })
+        })
+        .collect();
+    rules.sort_by_key(|r| r.to_string());
+    if let Some(schema) = doc.pointer_mut("/components/schemas/SubmitRequest").and_then(|s| s.as_object_mut())
+        && !rules.is_empty()
+    {
+        schema.insert("allOf".into(), rules.into());
+    }
     doc
 }

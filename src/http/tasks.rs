@@ -256,7 +256,11 @@ pub async fn list(
     State(state): State<AppState>,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<TaskPage>, ApiError> {
-    let Query(p) = params.map_err(|e| ApiError::malformed(format!("bad query: {}", e.body_text())))?;
+    let Query(mut p) = params.map_err(|e| ApiError::malformed(format!("bad query: {}", e.body_text())))?;
+    // `?status=` (a form left blank) means "no filter", as it does for most web APIs.
+    for field in [&mut p.status, &mut p.topic, &mut p.worker_id, &mut p.cursor] {
+        field.take_if(|v| v.is_empty());
+    }
     let mut errors = Vec::new();
     let status = p.status.as_deref().and_then(|s| {
         let parsed = TaskStatus::parse_label(s);

@@ -130,6 +130,9 @@ async fn two_hundred_tasks_succeed_and_statistics_agree_with_the_list() {
     assert!(stats["average_processing_time_ms"].is_number(), "{stats}");
     let (_, none) = app.get_json("/tasks?status=failed").await;
     assert_eq!(none["count"], 0);
+    // Blank filters are no filters.
+    let (status, blank) = app.get_json("/tasks?status=&topic=&worker_id=&cursor=&limit=500").await;
+    assert_eq!((status, blank["count"].clone()), (200, json!(200)), "{blank}");
     app.cleanup().await;
 }
 
@@ -181,6 +184,9 @@ async fn openapi_lists_every_route_and_swagger_ui_is_served() {
         (submit["task_id"]["minLength"].clone(), submit["task_id"]["maxLength"].clone()),
         (json!(1), json!(128))
     );
+    let rules = doc["components"]["schemas"]["SubmitRequest"]["allOf"].as_array().expect("required-variable rules");
+    let nova = rules.iter().find(|r| r["if"]["properties"]["topic"]["const"] == "nova_publicacao").expect("nova rule");
+    assert!(nova["then"]["properties"]["variables"]["required"].as_array().is_some_and(|r| r.len() >= 4), "{nova}");
     let list = doc["paths"]["/tasks"]["get"]["parameters"].as_array().expect("list parameters");
     assert!(list.iter().all(|p| p["in"] == "query"), "{list:?}");
     let limit = list.iter().find(|p| p["name"] == "limit").expect("limit parameter");
