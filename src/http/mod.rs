@@ -16,7 +16,8 @@ pub use error::{ApiError, ErrorBody};
 pub use views::TaskView;
 
 use crate::{
-    broker::Broker, camunda::CamundaClient, config::Settings, metrics::Metrics, store::TaskStore, topics::Registry,
+    broker::Broker, camunda::CamundaClient, config::Settings, domain::TaskStatus, metrics::Metrics, store::TaskStore,
+    topics::Registry,
 };
 
 /// Cheap handles shared by every request.
@@ -81,6 +82,37 @@ pub fn openapi_document(settings: &Settings, registry: &Registry) -> serde_json:
             let mut names: Vec<&str> = registry.names().collect();
             names.sort_unstable();
             field.insert("enum".into(), names.into());
+        }
+    }
+    // Variable names MongoDB can store, at any depth: not empty, no `$` first, no `.`, no NUL.
+    let name = serde_json::json!({"minLength": 1, "pattern": "^[^$.\\x00][^.\\x00]*$"});
+    if let Some(schemas) = doc.pointer_mut("/components/schemas").and_then(|s| s.as_object_mut()) {
+        schemas.insert(
+            "VariableValue".into(),
+            serde_json::json!({"anyOf": [
+                {"type": ["null", "boolean", "number", "string"]},
+                {"type": "array", "items": {"$ref": "#/components/schemas/VariableValue"}},
+                {"type": "object", "propertyNames": name,
+                 "additionalProperties": {"$ref": "#/components/schemas/VariableValue"}},
+            ]}),
+        );
+    }
+    if let Some(variables) = doc.pointer_mut("/components/schemas/SubmitRequest/properties/variables") {
+        *variables = serde_json::json!({
+            "type": ["object", "null"],
+            "description": "Input variables: names MongoDB can store (not empty, no `$` first, no `.`), at any depth.",
+            "maxProperties": settings.limits.max_variables,
+            "propertyNames": name,
+            "additionalProperties": {"$ref": "#/components/schemas/VariableValue"},
+        });
+    }
+    // The list's status filter: the English labels and the seed's.
+    let mut labels: Vec<&str> = TaskStatus::ALL.iter().flat_map(|s| [s.as_str(), s.seed_label()]).collect();
+    labels.sort_unstable();
+    labels.dedup();
+    if let Some(params) = doc.pointer_mut("/paths/~1tasks/get/parameters").and_then(|p| p.as_array_mut()) {
+        for param in params.iter_mut().filter(|p| p["name"] == "status") {
+            param["schema"] = serde_json::json!({"type": ["string", "null"], "enum": labels});
         }
     }
     // A topic's required variables, as "if the topic is T, then variables has these keys".
