@@ -106,13 +106,19 @@ pub fn openapi_document(settings: &Settings, registry: &Registry) -> serde_json:
             "additionalProperties": {"$ref": "#/components/schemas/VariableValue"},
         });
     }
-    // The list's status filter: the English labels and the seed's.
+    // The list's status filter: the English labels and the seed's (blank: no filter); the cursor
+    // as the list issues it (`<millis>~<task id>`).
     let mut labels: Vec<&str> = TaskStatus::ALL.iter().flat_map(|s| [s.as_str(), s.seed_label()]).collect();
+    labels.push("");
     labels.sort_unstable();
     labels.dedup();
     if let Some(params) = doc.pointer_mut("/paths/~1tasks/get/parameters").and_then(|p| p.as_array_mut()) {
-        for param in params.iter_mut().filter(|p| p["name"] == "status") {
-            param["schema"] = serde_json::json!({"type": ["string", "null"], "enum": labels});
+        for param in params.iter_mut() {
+            if param["name"] == "status" {
+                param["schema"] = serde_json::json!({"type": ["string", "null"], "enum": labels});
+            } else if param["name"] == "cursor" {
+                param["schema"] = serde_json::json!({"type": ["string", "null"], "pattern": "^(-?[0-9]{1,18}~.+)?$"});
+            }
         }
     }
     // A topic's required variables, as "if the topic is T, then variables has these keys".
