@@ -117,7 +117,7 @@ pub fn openapi_document(settings: &Settings, registry: &Registry) -> serde_json:
             if param["name"] == "status" {
                 param["schema"] = serde_json::json!({"type": ["string", "null"], "enum": labels});
             } else if param["name"] == "cursor" {
-                param["schema"] = serde_json::json!({"type": ["string", "null"], "pattern": "^(-?[0-9]{1,18}~.+)?$"});
+                param["schema"] = serde_json::json!({"type": ["string", "null"], "pattern": "^([0-9]+~.+)?$"});
             }
         }
     }
