@@ -21,7 +21,7 @@ cd "$REPO"
 log() { printf '[bench.sh] %s\n' "$*" >&2; }
 
 log "services: scripts/services.sh up"
-bash scripts/services.sh up
+bash scripts/services.sh up >&2  # stdout is the table
 # shellcheck source=/dev/null
 source .services/env
 
