@@ -14,7 +14,7 @@ use mongodb::{
     options::{Acknowledgment, ClientOptions, IndexOptions, ReturnDocument, WriteConcern},
 };
 
-use super::mongo_docs::{MAX_STEPS, bdate, claim_docs, due_by, finish_docs, new_record, transition_docs};
+use super::mongo_docs::{MAX_STEPS, bdate, claim_docs, finish_docs, new_record, transition_docs};
 use super::{
     AttemptOutcome, Finish, Finished, InsertOutcome, ListQuery, NewTask, ReportOutcome, Statistics, StoreError,
     TaskRecord, TaskSource, TaskStore, TransitionError,
@@ -304,7 +304,7 @@ impl TaskStore for MongoStore {
     async fn expire_leases(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         let expired: Vec<TaskRecord> = self
             .tasks
-            .find(doc! {"status": "processing", "lease_until": due_by(now)})
+            .find(doc! {"status": "processing", "lease_until": {"$lte": bdate(now)}})
             .limit(500)
             .await
             .map_err(classify)?
@@ -313,7 +313,7 @@ impl TaskStore for MongoStore {
             .map_err(classify)?;
         let mut moved = 0;
         for task in expired {
-            let still_expired = doc! {"attempts": task.attempts, "lease_until": due_by(now)};
+            let still_expired = doc! {"attempts": task.attempts, "lease_until": {"$lte": bdate(now)}};
             if self.take_back(&task, still_expired, "lease expired: the consumer stopped mid-attempt", now).await? {
                 tracing::warn!(task_id = %task.task_id, attempt = task.attempts, "processing lease expired");
                 moved += 1;

@@ -5,11 +5,7 @@ use bson::{DateTime as BsonDate, doc};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 
-use super::{
-    ReportOutcome, StoreError, TaskRecord, TaskSource,
-    mongo::classify,
-    mongo_docs::{bdate, due_by},
-};
+use super::{ReportOutcome, StoreError, TaskRecord, TaskSource, mongo::classify, mongo_docs::bdate};
 use crate::store::MongoStore;
 
 const UNFINISHED: [&str; 3] = ["queued", "processing", "retrying"];
@@ -31,7 +27,7 @@ impl MongoStore {
         let filter = doc! {
             "camunda.report_state": "pending",
             "status": {"$in": ["succeeded", "failed"]},
-            "camunda.report_due_at": due_by(now),
+            "camunda.report_due_at": {"$lte": bdate(now)},
         };
         self.find_many(filter, limit).await
     }
@@ -92,7 +88,7 @@ impl MongoStore {
         let filter = doc! {
             "source": "camunda",
             "status": {"$in": UNFINISHED.to_vec()},
-            "camunda.lock_expires_at": due_by(before),
+            "camunda.lock_expires_at": {"$lte": bdate(before)},
         };
         self.find_many(filter, limit).await
     }
