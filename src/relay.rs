@@ -31,21 +31,7 @@ pub async fn publish_held(
     task: &TaskRecord,
     until: DateTime<Utc>,
 ) -> bool {
-    let body = message_body(task);
-    match broker.publish(&task.topic, body.as_bytes(), task.attempts + 1).await {
-        Ok(()) => {
-            if let Err(error) = store.publish_confirmed(&task.task_id, until).await {
-                // Harmless: the relay publishes it again and the duplicate is skipped.
-                tracing::warn!(%error, task_id = %task.task_id, "publish confirmed but not recorded");
-            }
-            true
-        }
-        Err(error) => {
-            metrics.publish_failures.get_or_create(&Metrics::topic(&task.topic)).inc();
-            tracing::warn!(%error, task_id = %task.task_id, "publish not confirmed; the relay will retry");
-            false
-        }
-    }
+    publish_many(store, broker, metrics, std::slice::from_ref(task), until).await.0 == 1
 }
 
 /// Publishes taken in one sweep step.
