@@ -216,14 +216,8 @@ impl TaskStore for MongoStore {
         task_ids: &[String],
         held: std::ops::RangeInclusive<DateTime<Utc>>,
     ) -> Result<(), StoreError> {
-        let held = doc! {"$gte": bdate(*held.start()), "$lte": bdate(*held.end())};
-        self.tasks
-            .update_many(
-                doc! {"_id": {"$in": task_ids}, "publish_due_at": held},
-                doc! {"$unset": {"publish_due_at": ""}},
-            )
-            .await
-            .map_err(classify)?;
+        let held = doc! {"publish_due_at": {"$gte": bdate(*held.start()), "$lte": bdate(*held.end())}};
+        self.update_among(task_ids, &held, &doc! {"$unset": {"publish_due_at": ""}}).await?;
         Ok(())
     }
 

@@ -16,9 +16,44 @@ use super::{
 };
 use crate::domain::Event;
 
+/// The most task ids one command names in an `$in`. SecantusDB (the MongoDB-wire test server)
+/// checks every candidate document against the whole list, so one command costs ids²: with 1 000
+/// ids a confirm record took seconds and the ledger fell further behind the larger its next list
+/// grew. Per-document cost measured on it (update / read): 0.75 / 0.15 ms at 32 ids, 0.90 / 0.26 ms
+/// at 128. MongoDB itself does not care; the commands just get smaller.
+pub(super) const IN_CHUNK: usize = 100;
+
 impl MongoStore {
     async fn find_ids(&self, filter: bson::Document) -> Result<Vec<TaskRecord>, StoreError> {
         self.tasks().find(filter).await.map_err(classify)?.try_collect().await.map_err(classify)
+    }
+
+    /// The records among `ids` that also match `rest`, read [`IN_CHUNK`] ids at a time.
+    async fn find_among<S: AsRef<str>>(&self, ids: &[S], rest: bson::Document) -> Result<Vec<TaskRecord>, StoreError> {
+        let mut found = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(IN_CHUNK) {
+            let mut filter = doc! {"_id": {"$in": chunk.iter().map(AsRef::as_ref).collect::<Vec<&str>>()}};
+            filter.extend(rest.clone());
+            found.extend(self.find_ids(filter).await?);
+        }
+        Ok(found)
+    }
+
+    /// Applies `update` to the documents among `ids` that match `rest`, [`IN_CHUNK`] ids per
+    /// command; how many it modified.
+    pub(super) async fn update_among<S: AsRef<str>>(
+        &self,
+        ids: &[S],
+        rest: &bson::Document,
+        update: &bson::Document,
+    ) -> Result<u64, StoreError> {
+        let mut modified = 0;
+        for chunk in ids.chunks(IN_CHUNK) {
+            let mut filter = doc! {"_id": {"$in": chunk.iter().map(AsRef::as_ref).collect::<Vec<&str>>()}};
+            filter.extend(rest.clone());
+            modified += self.tasks().update_many(filter, update.clone()).await.map_err(classify)?.modified_count;
+        }
+        Ok(modified)
     }
 
     pub(super) async fn take_due_publishes_impl(
@@ -49,17 +84,11 @@ impl MongoStore {
         // Still due means nobody else took it (a taker moves it into the future); the token
         // tells this take's documents from anyone else's in the read that follows.
         let token = ObjectId::new().to_hex();
-        let mut filter = doc! {"_id": {"$in": &ids}};
-        filter.extend(due);
-        let taken = self
-            .tasks()
-            .update_many(filter, doc! {"$set": {"publish_due_at": bdate(until), "publish_token": &token}})
-            .await
-            .map_err(classify)?;
-        if taken.modified_count == 0 {
+        let take = doc! {"$set": {"publish_due_at": bdate(until), "publish_token": &token}};
+        if self.update_among(&ids, &due, &take).await? == 0 {
             return Ok(Vec::new());
         }
-        self.find_ids(doc! {"_id": {"$in": &ids}, "publish_token": &token}).await
+        self.find_among(&ids, doc! {"publish_token": &token}).await
     }
 
     pub(super) async fn claim_batch_impl(
@@ -70,12 +99,11 @@ impl MongoStore {
         // The token tells this batch's claims from anyone else's in the read that follows.
         let token = ObjectId::new().to_hex();
         let (due, update) = claim_docs(lease_until, Some(&token));
-        let (filter, update) = transition_docs(doc! {"_id": {"$in": &task_ids}}, Event::Claim, due, update);
-        let claimed = self.tasks().update_many(filter, update).await.map_err(classify)?;
-        if claimed.modified_count == 0 {
+        let (expected, update) = transition_docs(doc! {}, Event::Claim, due, update);
+        if self.update_among(&task_ids, &expected, &update).await? == 0 {
             return Ok(Vec::new());
         }
-        self.find_ids(doc! {"_id": {"$in": &task_ids}, "claim_token": &token}).await
+        self.find_among(&task_ids, doc! {"claim_token": &token}).await
     }
 
     pub(super) async fn finish_batch_impl(&self, finishes: Vec<Finish>) -> Vec<Result<Finished, StoreError>> {
@@ -101,7 +129,7 @@ impl MongoStore {
         let mut records: HashMap<String, TaskRecord> = if wanted.is_empty() {
             HashMap::new()
         } else {
-            match self.find_ids(doc! {"_id": {"$in": wanted}}).await {
+            match self.find_among(&wanted, doc! {}).await {
                 Ok(found) => found.into_iter().map(|t| (t.task_id.clone(), t)).collect(),
                 Err(e) => return finishes.iter().map(|_| Err(e.clone())).collect(),
             }

@@ -56,7 +56,10 @@ pub(super) fn transition_docs(
 /// Extra filter (due now) and update for claiming; `token` marks a batch claim's documents.
 pub(super) fn claim_docs(lease_until: DateTime<Utc>, token: Option<&str>) -> (Document, Document) {
     let now = BsonDate::now();
-    let due = doc! {"$or": [{"next_attempt_at": null}, {"next_attempt_at": {"$lte": now}}]};
+    // Not yet due is the one excluded case ("no retry scheduled" is a missing or null field). A
+    // top-level `$or` would say the same, but SecantusDB then scans the whole collection instead of
+    // looking the ids up (1 s against 20 ms at 10 000 tasks).
+    let due = doc! {"next_attempt_at": {"$not": {"$gt": now}}};
     let mut set = doc! {"lease_until": bdate(lease_until), "started_at": now, "substatus": null};
     if let Some(token) = token {
         set.insert("claim_token", token);
