@@ -183,13 +183,14 @@ impl Dispatcher {
         topic: &Topic,
         lease: chrono::DateTime<Utc>,
     ) -> Result<Option<TaskRecord>, Processed> {
+        // The message in hand is the publish; the relay only steps in if it is lost.
+        let publish_due = Utc::now() + lease_for(topic.spec.timeout());
         let new = NewTask {
             submission: submission.clone(),
             max_attempts: topic.spec.retry.max_attempts,
             source: TaskSource::Amqp,
             camunda: if self.reporter.is_some() { CamundaLink::pending() } else { CamundaLink::not_applicable() },
-            // The message in hand is the publish; the relay only steps in if it is lost.
-            publish_due_at: Utc::now() + lease_for(topic.spec.timeout()),
+            publish_due_at: Some(publish_due),
         };
         let inserted = match self.patiently(|| self.store.insert(new.clone())).await {
             None => return Err(Processed::Interrupted),
@@ -212,7 +213,7 @@ impl Dispatcher {
         match self.patiently(|| self.claim(task_id, lease)).await {
             Some(Ok(task)) => {
                 // The message in hand serves as the publish.
-                let _ = self.store.publish_confirmed(task_id, new.publish_due_at).await;
+                let _ = self.store.publish_confirmed(task_id, publish_due).await;
                 Ok(task)
             }
             None | Some(Err(_)) => Err(Processed::Interrupted),

@@ -4,15 +4,15 @@
 //! publishes then go out pipelined (confirms awaited together). Nothing here weakens "200 means
 //! stored": the answer waits for the insert.
 //!
-//! A task is inserted owing its publish from a hold time ten seconds ahead, after which the relay
-//! would publish it (again). Confirmed publishes are written down late, shortly before their
-//! hold runs out, many batches in one update: by then the consumer has usually claimed the task,
-//! and the claim already cleared the debt, so in a flowing system the record costs no write.
+//! The batch owes its publishes through one publish debt, written before the tasks and due ten
+//! seconds later; once the broker has confirmed every publish the debt is deleted. A debt still
+//! there when it falls due (the gateway stopped, a publish or an insert failed) is passed on to
+//! its tasks by the relay, which publishes those still queued.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
-use tokio::sync::mpsc;
+use bson::oid::ObjectId;
+use chrono::Utc;
 
 use crate::{
     batch::Coalescer,
@@ -28,17 +28,12 @@ pub struct Intake {
     writer: Coalescer<NewTask, Result<InsertOutcome, StoreError>>,
 }
 
-/// Confirmed publishes: task ids and the hold their publish was owed from.
-type Confirmed = (Vec<String>, DateTime<Utc>);
-
 impl Intake {
     /// Starts the writer. `max_batch` bounds a batch (1 turns group commit off).
     pub fn start(store: Arc<dyn TaskStore>, broker: Arc<dyn Broker>, metrics: Metrics, max_batch: usize) -> Self {
-        let (ledger, confirmed) = mpsc::unbounded_channel();
-        tokio::spawn(record_confirms(store.clone(), confirmed));
         let writer = Coalescer::start(max_batch, move |tasks: Vec<NewTask>| {
-            let (store, broker, metrics, ledger) = (store.clone(), broker.clone(), metrics.clone(), ledger.clone());
-            async move { write_batch(store, broker, metrics, ledger, tasks).await }
+            let (store, broker, metrics) = (store.clone(), broker.clone(), metrics.clone());
+            async move { write_batch(store, broker, metrics, tasks).await }
         });
         Self { writer }
     }
@@ -56,15 +51,19 @@ async fn write_batch(
     store: Arc<dyn TaskStore>,
     broker: Arc<dyn Broker>,
     metrics: Metrics,
-    ledger: mpsc::UnboundedSender<Confirmed>,
     mut tasks: Vec<NewTask>,
 ) -> Vec<Result<InsertOutcome, StoreError>> {
-    // One hold for the whole batch.
-    let hold = publish_hold_until(Utc::now());
+    let debt = ObjectId::new().to_hex();
+    let ids: Vec<String> = tasks.iter().map(|t| t.submission.task_id.to_string()).collect();
+    if let Err(error) = store.owe_publishes(&debt, &ids, publish_hold_until(Utc::now())).await {
+        return tasks.iter().map(|_| Err(error.clone())).collect();
+    }
     for task in &mut tasks {
-        task.publish_due_at = hold;
+        task.publish_due_at = None;
     }
     let outcomes = store.insert_batch(tasks).await;
+    // A failed insert may still have landed: its debt stays, so the relay publishes it if so.
+    let all_answered = outcomes.iter().all(Result::is_ok);
     let created: Vec<TaskRecord> = outcomes
         .iter()
         .filter_map(|o| match o {
@@ -72,70 +71,28 @@ async fn write_batch(
             _ => None,
         })
         .collect();
-    if !created.is_empty() {
-        // The answers go out now; publishing does not hold them up.
-        tokio::spawn(publish_batch(broker, metrics, ledger, created, hold));
-    }
+    // The answers go out now; publishing does not hold them up.
+    tokio::spawn(publish_batch(store, broker, metrics, created, debt, all_answered));
     outcomes
 }
 
-/// Publishes a batch concurrently (the confirms overlap) and hands the confirmed ones to the ledger.
+/// Publishes a batch concurrently (the confirms overlap) and deletes its debt when nothing is
+/// left owing.
 async fn publish_batch(
+    store: Arc<dyn TaskStore>,
     broker: Arc<dyn Broker>,
     metrics: Metrics,
-    ledger: mpsc::UnboundedSender<Confirmed>,
     tasks: Vec<TaskRecord>,
-    hold: DateTime<Utc>,
+    debt: String,
+    all_answered: bool,
 ) {
-    let (confirmed, _) = crate::relay::publish_all(broker.as_ref(), &metrics, &tasks).await;
-    if !confirmed.is_empty() {
-        // Only fails once the recorder is gone (shutdown): the relay then publishes them again,
-        // and the duplicates are skipped.
-        let _ = ledger.send((confirmed, hold));
+    let (_, failed) = crate::relay::publish_all(broker.as_ref(), &metrics, &tasks).await;
+    if failed > 0 || !all_answered {
+        return; // the relay passes the debt on when it falls due
     }
-}
-
-/// How long before its hold runs out a confirmed publish is written down: room for a slow
-/// store, so the relay does not publish it a second time.
-const RECORD_MARGIN: Duration = Duration::from_secs(4);
-/// How often the ledger looks for confirms to write down.
-const RECORD_TICK: Duration = Duration::from_millis(500);
-
-/// Writes confirmed publishes down shortly before their holds run out, all that are due in one
-/// update; everything left when the intake stops.
-async fn record_confirms(store: Arc<dyn TaskStore>, mut confirmed: mpsc::UnboundedReceiver<Confirmed>) {
-    let margin = chrono::Duration::from_std(RECORD_MARGIN).unwrap_or_default();
-    let mut pending: std::collections::VecDeque<Confirmed> = std::collections::VecDeque::new();
-    let mut tick = tokio::time::interval(RECORD_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut open = true;
-    while open || !pending.is_empty() {
-        tokio::select! {
-            batch = confirmed.recv(), if open => match batch {
-                Some(batch) => {
-                    pending.push_back(batch);
-                    continue;
-                }
-                None => open = false,
-            },
-            _ = tick.tick() => {}
-        }
-        // Batches arrive in about the order of their holds (publishes can finish a little out
-        // of order, which only delays a record by a tick).
-        let due_before = Utc::now() + margin;
-        let mut ids = Vec::new();
-        let mut held: Option<(DateTime<Utc>, DateTime<Utc>)> = None;
-        while let Some((_, hold)) = pending.front()
-            && (!open || *hold <= due_before)
-        {
-            let (batch, hold) = pending.pop_front().expect("the front was just seen");
-            held = Some(held.map_or((hold, hold), |(lo, hi)| (lo.min(hold), hi.max(hold))));
-            ids.extend(batch);
-        }
-        let Some((first, last)) = held else { continue };
-        if let Err(error) = store.publish_confirmed_many(&ids, first..=last).await {
-            // Harmless: the relay publishes them again and the duplicates are skipped.
-            tracing::warn!(%error, count = ids.len(), "publishes confirmed but not recorded");
-        }
+    if let Err(error) = store.settle_publishes(&debt).await {
+        // Harmless: the relay publishes the batch's queued tasks again and the duplicates are
+        // skipped by the consumer's claim.
+        tracing::warn!(%error, count = tasks.len(), "publishes confirmed but their debt not settled");
     }
 }

@@ -1,5 +1,6 @@
 //! The relay makes the system self-healing, with MongoDB as the outbox: it publishes tasks whose
-//! publish was never confirmed and retries whose time has come (each task carries its own due
+//! publish was never confirmed (a batch's unsettled publish debt passes to its tasks when it
+//! falls due) and retries whose time has come (each task carries its own due
 //! time, so a 1 s retry never waits behind a 60 s one), and takes back expired processing leases.
 //! Safe with several replicas: a publish is taken by one conditional update before it is sent.
 
@@ -103,6 +104,8 @@ pub struct Relay {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SweepReport {
     pub leases_expired: u64,
+    /// Tasks whose batch's publish debt fell due unsettled, now owing their own publish.
+    pub debts_passed_on: u64,
     pub published: u64,
     pub publish_failed: u64,
     pub reports_sent: u64,
@@ -126,10 +129,14 @@ impl Relay {
         }
     }
 
-    /// One pass: expired leases first (they become due publishes), then due publishes.
+    /// One pass: expired leases and unsettled publish debts first (they become due publishes),
+    /// then due publishes.
     pub async fn sweep_once(&self) -> Result<SweepReport, StoreError> {
-        let mut report =
-            SweepReport { leases_expired: self.store.expire_leases(Utc::now()).await?, ..Default::default() };
+        let mut report = SweepReport {
+            leases_expired: self.store.expire_leases(Utc::now()).await?,
+            debts_passed_on: self.store.pass_on_due_debts(Utc::now(), SWEEP_BATCH).await?,
+            ..Default::default()
+        };
         if let Some(reporter) = &self.reporter {
             report.reports_sent = reporter.sweep().await?;
         }

@@ -114,7 +114,7 @@ impl Poller {
             max_attempts: topic.spec.retry.max_attempts,
             source: TaskSource::Camunda,
             camunda: link,
-            publish_due_at: hold,
+            publish_due_at: Some(hold),
         };
         let published = match self.store.insert(new).await {
             Ok(InsertOutcome::Created(record)) => Some((record, hold)),

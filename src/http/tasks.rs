@@ -126,8 +126,8 @@ pub async fn submit(
         max_attempts: topic.spec.retry.max_attempts,
         source: TaskSource::Http,
         camunda: if state.camunda.is_some() { CamundaLink::pending() } else { CamundaLink::not_applicable() },
-        // The intake sets the batch's own hold.
-        publish_due_at: Utc::now(),
+        // The intake writes the batch's publish debt.
+        publish_due_at: None,
     };
     let task_id = submission.task_id.to_string();
     match state.intake.submit(new).await? {

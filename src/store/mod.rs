@@ -5,6 +5,7 @@
 mod mongo;
 mod mongo_batch;
 mod mongo_camunda;
+mod mongo_debts;
 mod mongo_docs;
 mod mongo_queries;
 mod record;
@@ -49,8 +50,10 @@ pub struct NewTask {
     pub max_attempts: u32,
     pub source: TaskSource,
     pub camunda: CamundaLink,
-    /// When the relay may publish it if the submitter's own publish has not been confirmed by then.
-    pub publish_due_at: DateTime<Utc>,
+    /// When the relay may publish it if the submitter's own publish has not been confirmed by
+    /// then. `None` when a publish debt (see [`TaskStore::owe_publishes`]) written before the
+    /// task stands for it.
+    pub publish_due_at: Option<DateTime<Utc>>,
 }
 
 /// How an attempt ended.
@@ -165,6 +168,19 @@ pub trait TaskStore: Send + Sync {
 
     /// The broker confirmed the publish held until `until`: nothing more to publish.
     async fn publish_confirmed(&self, task_id: &str, until: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Writes down, as one debt named `debt_id`, that the tasks `task_ids` owe their publish
+    /// from `due_at`. Written before the tasks are, so no task is stored without either a debt
+    /// or its message; one small document for a whole batch instead of a write to every task.
+    async fn owe_publishes(&self, debt_id: &str, task_ids: &[String], due_at: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Every publish of debt `debt_id` was confirmed: the debt is gone.
+    async fn settle_publishes(&self, debt_id: &str) -> Result<(), StoreError>;
+
+    /// Debts due by `now` (their writer never settled them: it stopped, or a publish or insert
+    /// failed) pass to their tasks: each one still queued and owing nothing owes its publish
+    /// from `now`, and the debt is gone. Up to `limit` debts; returns how many tasks became owed.
+    async fn pass_on_due_debts(&self, now: DateTime<Utc>, limit: u32) -> Result<u64, StoreError>;
 
     /// `publish_confirmed` for many tasks whose publishes were held until some time in
     /// `held` (inclusive); a task whose hold is outside it (re-taken since) keeps its debt.

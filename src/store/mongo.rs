@@ -103,6 +103,11 @@ impl MongoStore {
             index(doc! {"source": 1, "status": 1}, "source_status"),
         ];
         self.tasks.create_indexes(models).await.map_err(classify)?;
+        self.database
+            .collection::<Document>(super::mongo_debts::DEBTS)
+            .create_index(index(doc! {"due_at": 1}, "debt_due"))
+            .await
+            .map_err(classify)?;
         Ok(())
     }
 
@@ -209,6 +214,18 @@ impl TaskStore for MongoStore {
             });
         }
         outcomes
+    }
+
+    async fn owe_publishes(&self, debt_id: &str, task_ids: &[String], due_at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.owe_publishes_impl(debt_id, task_ids, due_at).await
+    }
+
+    async fn settle_publishes(&self, debt_id: &str) -> Result<(), StoreError> {
+        self.settle_publishes_impl(debt_id).await
+    }
+
+    async fn pass_on_due_debts(&self, now: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+        self.pass_on_due_debts_impl(now, limit).await
     }
 
     async fn publish_confirmed_many(

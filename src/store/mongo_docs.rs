@@ -110,7 +110,8 @@ pub(super) fn finish_docs(
     Ok((event, doc! {"attempts": attempt}, update))
 }
 
-/// The stored form of a new task: queued, no attempt yet, its publish owed from `publish_due_at`.
+/// The stored form of a new task: queued, no attempt yet, its publish owed from `publish_due_at`
+/// (or by a publish debt).
 pub(super) fn new_record(task: NewTask, now: BsonDate) -> TaskRecord {
     let s = task.submission;
     TaskRecord {
@@ -136,7 +137,7 @@ pub(super) fn new_record(task: NewTask, now: BsonDate) -> TaskRecord {
         completed_at: None,
         lease_until: None,
         next_attempt_at: None,
-        publish_due_at: Some(bdate(task.publish_due_at)),
+        publish_due_at: task.publish_due_at.map(bdate),
         camunda: task.camunda,
     }
 }

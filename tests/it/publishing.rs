@@ -1,18 +1,25 @@
-//! The intake's record of confirmed publishes: written down before the publish hold runs out
-//! (so the relay never publishes an accepted task twice), or made unnecessary by the claim.
+//! How the intake's publishes are owed and paid: a batch's publish debt is settled once the
+//! broker confirms, a claim clears a task's own debt, and a debt left unsettled (the gateway
+//! stopped between storing and publishing) is passed on and paid by the relay.
 
 use std::time::{Duration, Instant};
 
+use bson::doc;
+use chrono::Utc;
 use serde_json::json;
-use worker_api_gateway::relay::PUBLISH_HOLD;
+use worker_api_gateway::{
+    domain::{Limits, Submission},
+    relay::PUBLISH_HOLD,
+    store::{CamundaLink, InsertOutcome, MongoStore, NewTask, TaskSource, TaskStore},
+};
 
-use crate::helpers::{AppOptions, body, queue_depth_is, spawn_app, spawn_app_with};
+use crate::helpers::{AppOptions, body, eventually, queue_depth_is, spawn_app, spawn_app_with};
 
 const TASKS: usize = 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queued_tasks_have_their_confirmed_publish_recorded_before_the_hold_runs_out() {
-    // No consumers: every task stays queued, so only the intake's record can clear its debt.
+async fn confirmed_publishes_leave_no_debt_behind() {
+    // No consumers: every task stays queued, so only the intake can settle what it owes.
     let app =
         spawn_app_with(AppOptions { vars: vec![("GATEWAY_MODE".into(), "api".into())], ..Default::default() }).await;
     let submitted = Instant::now();
@@ -20,23 +27,54 @@ async fn queued_tasks_have_their_confirmed_publish_recorded_before_the_hold_runs
     for id in &ids {
         assert_eq!(app.submit(&body(id, "say_hello", json!({}))).await.0, 200);
     }
+    let debts = app.mongo.collection::<bson::Document>("publish_debts");
     loop {
-        let mut owed = 0;
-        for id in &ids {
-            owed += usize::from(app.status_from_store(id).await.publish_due_at.is_some());
-        }
-        if owed == 0 {
+        let left = debts.count_documents(doc! {}).await.expect("count debts");
+        if left == 0 {
             break;
         }
-        assert!(
-            submitted.elapsed() < PUBLISH_HOLD,
-            "{owed} confirmed publishes still unrecorded when their hold ran out"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(submitted.elapsed() < PUBLISH_HOLD, "{left} debts still unsettled when their hold ran out");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Exactly one message per task: the relay had nothing to publish again.
+    // Nothing is owed task by task either, so the relay has nothing to publish again: exactly
+    // one message per task.
+    for id in &ids {
+        assert_eq!(app.status_from_store(id).await.publish_due_at, None, "{id} owes a publish");
+    }
     let queue = format!("{}.task.submit.say_hello", app.exchange);
     assert!(queue_depth_is(&queue, TASKS as u32).await, "the queue holds one message per task");
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsettled_debt_gets_its_stored_tasks_published() {
+    // What a gateway killed between storing a batch and publishing it leaves behind: the debt
+    // and the tasks, and no message.
+    let app = spawn_app().await;
+    let store = MongoStore::new(app.mongo.clone());
+    let ids: Vec<String> = (0..3).map(|i| format!("orphan-{i}")).collect();
+    store.owe_publishes("crashed-batch", &ids, Utc::now()).await.expect("debt");
+    for id in &ids {
+        let submission = Submission::parse(&body(id, "say_hello", json!({"name": id})), &Limits::default())
+            .expect("valid submission");
+        let task = NewTask {
+            submission,
+            max_attempts: 3,
+            source: TaskSource::Http,
+            camunda: CamundaLink::not_applicable(),
+            publish_due_at: None,
+        };
+        assert!(matches!(store.insert(task).await.expect("insert"), InsertOutcome::Created(_)));
+    }
+    for id in &ids {
+        let task = app.wait_status(id, "succeeded", Duration::from_secs(30)).await;
+        assert_eq!(task["attempts"], 1, "{task}");
+    }
+    let debts = app.mongo.collection::<bson::Document>("publish_debts");
+    eventually("the debt is gone", Duration::from_secs(10), || async {
+        debts.count_documents(doc! {}).await.expect("count debts") == 0
+    })
+    .await;
     app.cleanup().await;
 }
 
