@@ -10,6 +10,8 @@ use std::{
     time::Duration,
 };
 
+mod progress;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
@@ -24,8 +26,9 @@ use crate::{
         AttemptOutcome, CamundaLink, Finish, Finished, InsertOutcome, NewTask, StoreError, TaskRecord, TaskSource,
         TaskStore, lease_for,
     },
-    topics::{HandlerContext, HandlerError, ProcessingStep, ProgressSink, Registry, Topic},
+    topics::{HandlerContext, HandlerError, ProcessingStep, Registry, Topic},
 };
+use progress::StoreProgress;
 
 /// What processing one delivery came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -414,80 +417,6 @@ impl DeliveryHandler for Dispatcher {
             Processed::Exhausted => Disposition::DeadLetter("every attempt failed".into()),
             Processed::Interrupted => Disposition::Requeue,
             _ => Disposition::Ack,
-        }
-    }
-}
-
-/// How long a step may wait in memory before it is written: a fast handler's steps ride along
-/// with its outcome (one write instead of one per step); a slow handler's show up within this.
-const PROGRESS_FLUSH: Duration = Duration::from_millis(250);
-
-/// Collects a handler's progress and writes it to the task while its attempt holds it.
-struct StoreProgress {
-    inner: Arc<ProgressInner>,
-}
-
-struct ProgressInner {
-    store: Arc<dyn TaskStore>,
-    task_id: String,
-    attempt: u32,
-    buffer: tokio::sync::Mutex<ProgressBuffer>,
-}
-
-#[derive(Default)]
-struct ProgressBuffer {
-    substatus: Option<String>,
-    steps: Vec<ProcessingStep>,
-    flush_scheduled: bool,
-    /// The attempt finished: its steps went with the outcome.
-    closed: bool,
-}
-
-impl StoreProgress {
-    fn new(store: Arc<dyn TaskStore>, task_id: String, attempt: u32) -> Self {
-        let buffer = tokio::sync::Mutex::new(ProgressBuffer::default());
-        Self { inner: Arc::new(ProgressInner { store, task_id, attempt, buffer }) }
-    }
-
-    /// Takes the steps not yet written, for the outcome's own update, and stops further writes.
-    async fn close(&self) -> Vec<ProcessingStep> {
-        // Waits for a flush in progress, so no step is written after the outcome.
-        let mut buffer = self.inner.buffer.lock().await;
-        buffer.closed = true;
-        std::mem::take(&mut buffer.steps)
-    }
-}
-
-impl ProgressInner {
-    async fn flush_later(self: Arc<Self>) {
-        tokio::time::sleep(PROGRESS_FLUSH).await;
-        let mut buffer = self.buffer.lock().await;
-        buffer.flush_scheduled = false;
-        if buffer.closed || buffer.steps.is_empty() {
-            return;
-        }
-        let steps = std::mem::take(&mut buffer.steps);
-        let substatus = buffer.substatus.take();
-        if let Err(error) = self.store.record_progress(&self.task_id, self.attempt, substatus, steps).await {
-            tracing::warn!(%error, task_id = %self.task_id, "could not record processing steps");
-        }
-    }
-}
-
-#[async_trait]
-impl ProgressSink for StoreProgress {
-    async fn record(&self, substatus: Option<String>, step: ProcessingStep) {
-        let mut buffer = self.inner.buffer.lock().await;
-        if buffer.closed {
-            return;
-        }
-        buffer.steps.push(step);
-        if substatus.is_some() {
-            buffer.substatus = substatus;
-        }
-        if !buffer.flush_scheduled {
-            buffer.flush_scheduled = true;
-            tokio::spawn(self.inner.clone().flush_later());
         }
     }
 }
