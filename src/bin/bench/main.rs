@@ -21,10 +21,11 @@ use std::{path::PathBuf, process::ExitCode, time::Instant};
 
 use anyhow::{Context, bail};
 use report::Run;
-use setup::{Ctx, Plan};
+use setup::{Ctx, Phase, Plan};
 
 const USAGE: &str = "\
 usage: bench [--smoke] [--runs N] [--duration SECS] [--e2e-tasks N] [--memory-tasks N] [--gateway PATH]
+             [--phases LIST]
 
   --smoke           short run for CI: small counts, 1 run; prints the table, judges nothing
   --runs N          repeat every measurement N times and print medians (default 1)
@@ -32,6 +33,8 @@ usage: bench [--smoke] [--runs N] [--duration SECS] [--e2e-tasks N] [--memory-ta
   --e2e-tasks N     say_hello tasks in the end-to-end phase (default 5000, smoke 200)
   --memory-tasks N  tasks queued / in flight for the memory figures (default 10000, smoke 200)
   --gateway PATH    gateway binary (default: worker-api-gateway next to this binary)
+  --phases LIST     comma-separated subset of limits,submit,queued,e2e,inflight (default: all);
+                    figures of phases not run, and ratios needing them, are shown as –
 
 Needs MONGODB_URI and RABBITMQ_URL (source .services/env) and wrk on the PATH.";
 
@@ -40,6 +43,7 @@ fn parse_args() -> anyhow::Result<(Plan, Option<PathBuf>)> {
     let mut smoke = false;
     let mut overrides: Vec<(String, String)> = Vec::new();
     let mut gateway = None;
+    let mut phases = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--smoke" => smoke = true,
@@ -47,10 +51,17 @@ fn parse_args() -> anyhow::Result<(Plan, Option<PathBuf>)> {
                 println!("{USAGE}");
                 std::process::exit(0);
             }
-            "--runs" | "--duration" | "--e2e-tasks" | "--memory-tasks" | "--gateway" => {
+            "--runs" | "--duration" | "--e2e-tasks" | "--memory-tasks" | "--gateway" | "--phases" => {
                 let value = args.next().with_context(|| format!("{arg} needs a value\n{USAGE}"))?;
                 if arg == "--gateway" {
                     gateway = Some(PathBuf::from(value));
+                } else if arg == "--phases" {
+                    phases = Some(
+                        value
+                            .split(',')
+                            .map(|name| Phase::parse(name.trim()).with_context(|| format!("--phases: unknown {name:?}")))
+                            .collect::<anyhow::Result<Vec<_>>>()?,
+                    );
                 } else {
                     overrides.push((arg, value));
                 }
@@ -59,6 +70,9 @@ fn parse_args() -> anyhow::Result<(Plan, Option<PathBuf>)> {
         }
     }
     let mut plan = if smoke { Plan::smoke() } else { Plan::full() };
+    if let Some(phases) = phases {
+        plan.phases = phases;
+    }
     for (flag, value) in overrides {
         let n: u64 = value
             .parse()
@@ -95,11 +109,17 @@ async fn run_all(ctx: &Ctx, runs: &mut Vec<Run>) -> anyhow::Result<()> {
 }
 
 async fn run_once(ctx: &Ctx, run: &mut Run, tag: &str) -> anyhow::Result<()> {
-    scenarios::limits(ctx, run, tag).await.context("raw limits")?;
-    scenarios::submit_load(ctx, run, tag).await.context("submit throughput and latency")?;
-    scenarios::memory_queued(ctx, run, tag).await.context("memory with tasks queued")?;
-    scenarios::end_to_end(ctx, run, tag).await.context("end-to-end say_hello")?;
-    scenarios::memory_in_flight(ctx, run, tag).await.context("memory with tasks in flight")?;
+    for phase in ctx.plan.phases.clone() {
+        match phase {
+            Phase::Limits => scenarios::limits(ctx, run, tag).await.context("raw limits")?,
+            Phase::Submit => scenarios::submit_load(ctx, run, tag).await.context("submit throughput and latency")?,
+            Phase::Queued => scenarios::memory_queued(ctx, run, tag).await.context("memory with tasks queued")?,
+            Phase::EndToEnd => scenarios::end_to_end(ctx, run, tag).await.context("end-to-end say_hello")?,
+            Phase::InFlight => {
+                scenarios::memory_in_flight(ctx, run, tag).await.context("memory with tasks in flight")?
+            }
+        }
+    }
     Ok(())
 }
 

@@ -39,6 +39,36 @@ pub struct Plan {
     pub submit_concurrency: usize,
     pub e2e_tasks: usize,
     pub memory_tasks: usize,
+    /// The phases to run (`--phases`); all of them by default.
+    pub phases: Vec<Phase>,
+}
+
+/// The parts of a run, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Limits,
+    Submit,
+    Queued,
+    EndToEnd,
+    InFlight,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 5] = [Phase::Limits, Phase::Submit, Phase::Queued, Phase::EndToEnd, Phase::InFlight];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Limits => "limits",
+            Phase::Submit => "submit",
+            Phase::Queued => "queued",
+            Phase::EndToEnd => "e2e",
+            Phase::InFlight => "inflight",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.name() == name)
+    }
 }
 
 /// Documents per `insert_many` in the batched raw limit.
@@ -60,6 +90,7 @@ impl Plan {
             submit_concurrency: 64,
             e2e_tasks: 5000,
             memory_tasks: 10_000,
+            phases: Phase::ALL.to_vec(),
         }
     }
 
