@@ -59,7 +59,9 @@ fn parse_args() -> anyhow::Result<(Plan, Option<PathBuf>)> {
                     phases = Some(
                         value
                             .split(',')
-                            .map(|name| Phase::parse(name.trim()).with_context(|| format!("--phases: unknown {name:?}")))
+                            .map(|name| {
+                                Phase::parse(name.trim()).with_context(|| format!("--phases: unknown {name:?}"))
+                            })
                             .collect::<anyhow::Result<Vec<_>>>()?,
                     );
                 } else {
