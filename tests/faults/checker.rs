@@ -171,6 +171,23 @@ pub async fn states(mongo: &mongodb::Database) -> Option<HashMap<String, (String
     )
 }
 
+/// The states once the store has applied everything a gateway killed a moment ago had sent: a
+/// claim or an outcome already on the wire when the process died can still commit after the
+/// kill (seen: a batch claim committed after the first read, so its task looked untouched).
+/// Reads until two reads half a second apart agree, for at most 10 s.
+pub async fn settled_states(mongo: &mongodb::Database) -> HashMap<String, (String, String, i64)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = states(mongo).await.expect("store");
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = states(mongo).await.expect("store");
+        if now == last || Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// Waits until every acknowledged task is final as expected and no execution has happened for
 /// `settle`; gives up after `limit` (the classification then shows what is missing).
 pub async fn wait_quiet(
