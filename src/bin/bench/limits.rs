@@ -30,10 +30,14 @@ fn task_like(id: String) -> Document {
 /// (taken from the gateway's own code, so they stay the same as the gateway's).
 pub async fn tasks_collection(mongo: &mongodb::Client, database: &str) -> anyhow::Result<Collection<Document>> {
     let db = mongo.database(database);
-    worker_api_gateway::store::MongoStore::new(db.clone())
-        .ensure_indexes()
-        .await
-        .map_err(|e| anyhow::anyhow!("creating the gateway's indexes: {e}"))?;
+    let store = worker_api_gateway::store::MongoStore::new(db.clone());
+    if let Err(first) = store.ensure_indexes().await {
+        // A pooled connection broken during the previous phase (seen after the in-flight phase:
+        // "Broken pipe") fails the first command and clears the pool; the next one dials anew.
+        eprintln!("[bench] creating the indexes failed ({first}); trying once more");
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        store.ensure_indexes().await.map_err(|e| anyhow::anyhow!("creating the gateway's indexes: {e}"))?;
+    }
     Ok(db.collection("tasks"))
 }
 
