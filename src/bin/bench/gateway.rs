@@ -59,6 +59,24 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// Waits until the MongoDB-wire server has caught up with what earlier phases left it (a killed
+/// gateway's last writes can keep it busy for half a minute, and a phase measured meanwhile
+/// measures that backlog): until it uses under a tenth of a core over one second, for at most
+/// `limit`. Returns how long it waited; without the server's pid it does not wait.
+pub async fn store_idle(limit: std::time::Duration) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    let Some(pid) = mongo_server_pid() else { return std::time::Duration::ZERO };
+    while started.elapsed() < limit {
+        let Some(before) = cpu_seconds(pid) else { break };
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let Some(after) = cpu_seconds(pid) else { break };
+        if after - before < 0.1 {
+            break;
+        }
+    }
+    started.elapsed()
+}
+
 /// The MongoDB-wire test server's pid, as `scripts/services.sh` recorded it.
 pub fn mongo_server_pid() -> Option<u32> {
     let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".services/secantus.pid");
