@@ -23,6 +23,14 @@ use crate::domain::Event;
 /// at 128. MongoDB itself does not care; the commands just get smaller.
 pub(super) const IN_CHUNK: usize = 100;
 
+/// `{_id: {$in: ids}}` and the conditions of `rest`, the id list first (SecantusDB picks the
+/// first clause that an index serves).
+fn among<S: AsRef<str>>(ids: &[S], rest: &bson::Document) -> bson::Document {
+    let mut filter = doc! {"_id": {"$in": ids.iter().map(AsRef::as_ref).collect::<Vec<&str>>()}};
+    filter.extend(rest.clone());
+    filter
+}
+
 impl MongoStore {
     async fn find_ids(&self, filter: bson::Document) -> Result<Vec<TaskRecord>, StoreError> {
         self.tasks().find(filter).await.map_err(classify)?.try_collect().await.map_err(classify)
@@ -32,9 +40,7 @@ impl MongoStore {
     async fn find_among<S: AsRef<str>>(&self, ids: &[S], rest: bson::Document) -> Result<Vec<TaskRecord>, StoreError> {
         let mut found = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(IN_CHUNK) {
-            let mut filter = doc! {"_id": {"$in": chunk.iter().map(AsRef::as_ref).collect::<Vec<&str>>()}};
-            filter.extend(rest.clone());
-            found.extend(self.find_ids(filter).await?);
+            found.extend(self.find_ids(among(chunk, &rest)).await?);
         }
         Ok(found)
     }
@@ -49,9 +55,8 @@ impl MongoStore {
     ) -> Result<u64, StoreError> {
         let mut modified = 0;
         for chunk in ids.chunks(IN_CHUNK) {
-            let mut filter = doc! {"_id": {"$in": chunk.iter().map(AsRef::as_ref).collect::<Vec<&str>>()}};
-            filter.extend(rest.clone());
-            modified += self.tasks().update_many(filter, update.clone()).await.map_err(classify)?.modified_count;
+            modified +=
+                self.tasks().update_many(among(chunk, rest), update.clone()).await.map_err(classify)?.modified_count;
         }
         Ok(modified)
     }
