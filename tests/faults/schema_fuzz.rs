@@ -2,7 +2,11 @@
 //! response matches the documented status codes, content types and schemas. schemathesis is
 //! installed into the services' venv (`.services/venv`) when missing, pinned.
 
-use std::{path::PathBuf, process::Stdio, time::Instant};
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Instant,
+};
 
 use crate::{
     checker::Tally,
@@ -86,7 +90,7 @@ async fn schemathesis_finds_no_server_error_and_no_schema_mismatch() {
 /// What CPython 3.11 says when its parser trips over its own recursion count.
 const TOOL_CRASH: &str = "AST constructor recursion depth mismatch";
 
-async fn run_schemathesis(bin: &PathBuf, base: &str, examples: &str, report: &std::path::Path) -> std::process::Output {
+async fn run_schemathesis(bin: &Path, base: &str, examples: &str, report: &Path) -> std::process::Output {
     tokio::process::Command::new(bin)
         .arg("run")
         .arg(format!("{base}/openapi.json"))

@@ -59,10 +59,10 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
-/// Waits until the MongoDB-wire server has caught up with what earlier phases left it (a killed
-/// gateway's last writes can keep it busy for half a minute, and a phase measured meanwhile
-/// measures that backlog): until it uses under a tenth of a core over one second, for at most
-/// `limit`. Returns how long it waited; without the server's pid it does not wait.
+/// Waits until the MongoDB-wire server has done what earlier phases left it to do (a killed
+/// gateway's last writes, for one), so that no phase measures that work: until it uses under a
+/// tenth of a core over one second, for at most `limit`. Returns how long it waited; without the
+/// server's pid it does not wait.
 pub async fn store_idle(limit: std::time::Duration) -> std::time::Duration {
     let started = std::time::Instant::now();
     let Some(pid) = mongo_server_pid() else { return std::time::Duration::ZERO };
