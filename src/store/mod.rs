@@ -151,8 +151,13 @@ pub trait TaskStore: Send + Sync {
     /// Stores a task unless its id exists; tells which happened.
     async fn insert(&self, task: NewTask) -> Result<InsertOutcome, StoreError>;
 
-    /// Stores many tasks in one round trip; one outcome per task, in order. Group commit uses it.
-    async fn insert_batch(&self, tasks: Vec<NewTask>) -> Vec<Result<InsertOutcome, StoreError>>;
+    /// Stores many tasks in one round trip, all created at `created_at`; one outcome per task, in
+    /// order. Group commit uses it.
+    async fn insert_batch(
+        &self,
+        tasks: Vec<NewTask>,
+        created_at: DateTime<Utc>,
+    ) -> Vec<Result<InsertOutcome, StoreError>>;
 
     async fn get(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError>;
 
@@ -169,17 +174,24 @@ pub trait TaskStore: Send + Sync {
     /// The broker confirmed the publish held until `until`: nothing more to publish.
     async fn publish_confirmed(&self, task_id: &str, until: DateTime<Utc>) -> Result<(), StoreError>;
 
-    /// Writes down, as one debt named `debt_id`, that the tasks `task_ids` owe their publish
-    /// from `due_at`. Written before the tasks are, so no task is stored without either a debt
-    /// or its message; one small document for a whole batch instead of a write to every task.
-    async fn owe_publishes(&self, debt_id: &str, task_ids: &[String], due_at: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Writes down, as one debt named `debt_id`, that the tasks the intake stores with a
+    /// `created_at` in `created` owe their publish from `due_at`. Written before any of them is
+    /// stored, so no task is stored without either a debt or its message; one small document
+    /// for a stretch of time instead of a write to every task.
+    async fn owe_publishes(
+        &self,
+        debt_id: &str,
+        created: std::ops::Range<DateTime<Utc>>,
+        due_at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
 
     /// Every publish of debt `debt_id` was confirmed: the debt is gone.
     async fn settle_publishes(&self, debt_id: &str) -> Result<(), StoreError>;
 
     /// Debts due by `now` (their writer never settled them: it stopped, or a publish or insert
-    /// failed) pass to their tasks: each one still queued and owing nothing owes its publish
-    /// from `now`, and the debt is gone. Up to `limit` debts; returns how many tasks became owed.
+    /// failed) pass to their tasks: each task created in a debt's range and still queued owes its
+    /// publish from `now`, and the debt is gone. Up to `limit` debts; returns how many tasks
+    /// became owed.
     async fn pass_on_due_debts(&self, now: DateTime<Utc>, limit: u32) -> Result<u64, StoreError>;
 
     /// `publish_confirmed` for many tasks whose publishes were held until some time in

@@ -185,8 +185,12 @@ impl TaskStore for MongoStore {
         }
     }
 
-    async fn insert_batch(&self, tasks: Vec<NewTask>) -> Vec<Result<InsertOutcome, StoreError>> {
-        let now = BsonDate::now();
+    async fn insert_batch(
+        &self,
+        tasks: Vec<NewTask>,
+        created_at: DateTime<Utc>,
+    ) -> Vec<Result<InsertOutcome, StoreError>> {
+        let now = bdate(created_at);
         let records: Vec<TaskRecord> = tasks.into_iter().map(|t| new_record(t, now)).collect();
         // Unordered: one duplicate does not stop the others; each failure comes back with its index.
         let failed: HashMap<usize, (i32, String)> = match self.tasks.insert_many(&records).ordered(false).await {
@@ -216,8 +220,13 @@ impl TaskStore for MongoStore {
         outcomes
     }
 
-    async fn owe_publishes(&self, debt_id: &str, task_ids: &[String], due_at: DateTime<Utc>) -> Result<(), StoreError> {
-        self.owe_publishes_impl(debt_id, task_ids, due_at).await
+    async fn owe_publishes(
+        &self,
+        debt_id: &str,
+        created: std::ops::Range<DateTime<Utc>>,
+        due_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.owe_publishes_impl(debt_id, created, due_at).await
     }
 
     async fn settle_publishes(&self, debt_id: &str) -> Result<(), StoreError> {

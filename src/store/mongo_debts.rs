@@ -1,7 +1,10 @@
-//! Publish debts for [`MongoStore`]: the intake's outbox. A batch of submissions owes its
-//! publishes through one small document in `publish_debts`, written before the tasks and deleted
-//! once every publish is confirmed. Two small writes a batch replace a write to every task, which
-//! on a store where an update costs as much as an insert halved what the submit path could take.
+//! Publish debts for [`MongoStore`]: the intake's outbox. The tasks the intake stores in a window
+//! of time owe their publishes through one small document in `publish_debts`, written before the
+//! first of them and deleted once every publish is confirmed (see `intake::windows`). Two small
+//! writes a second replace a write to every task, which on a store where an update costs as much
+//! as an insert halved what the submit path could take.
+
+use std::ops::Range;
 
 use bson::{Document, doc};
 use chrono::{DateTime, Utc};
@@ -14,7 +17,8 @@ use super::{
     mongo_docs::{bdate, due_by},
 };
 
-/// The collection holding the debts: `{_id: debt id, task_ids: [...], due_at}`.
+/// The collection holding the debts: `{_id: debt id, from, until, due_at}`, standing for the tasks
+/// created in `[from, until)`.
 pub(super) const DEBTS: &str = "publish_debts";
 
 impl MongoStore {
@@ -25,13 +29,12 @@ impl MongoStore {
     pub(super) async fn owe_publishes_impl(
         &self,
         debt_id: &str,
-        task_ids: &[String],
+        created: Range<DateTime<Utc>>,
         due_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.debts()
-            .insert_one(doc! {"_id": debt_id, "task_ids": task_ids, "due_at": bdate(due_at)})
-            .await
-            .map_err(classify)?;
+        let debt =
+            doc! {"_id": debt_id, "from": bdate(created.start), "until": bdate(created.end), "due_at": bdate(due_at)};
+        self.debts().insert_one(debt).await.map_err(classify)?;
         Ok(())
     }
 
@@ -51,16 +54,27 @@ impl MongoStore {
             .try_collect()
             .await
             .map_err(classify)?;
-        // Several relays may pass on the same debt at once: each step is conditional or
-        // idempotent, and a task owing its publish twice is only published again, which the
-        // consumer's claim turns into a no-op.
-        let unpublished = doc! {"status": "queued", "publish_due_at": null};
+        // Several relays may pass on the same debt at once, and windows (of one gateway or of
+        // several) may overlap: a task owing its publish twice, or one already published, is only
+        // published again, which the consumer's claim turns into a no-op. So the filter is the
+        // state and the creation range alone, which the `status_created` index serves.
         let owe = doc! {"$set": {"publish_due_at": bdate(now)}};
         let mut owed = 0;
         for debt in due {
-            let ids: Vec<&str> =
-                debt.get_array("task_ids").map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
-            owed += self.update_among(&ids, &unpublished, &owe).await?;
+            owed += match (debt.get_datetime("from"), debt.get_datetime("until")) {
+                (Ok(from), Ok(until)) => {
+                    let window = doc! {"status": "queued", "created_at": {"$gte": from, "$lt": until}};
+                    self.tasks().update_many(window, owe.clone()).await.map_err(classify)?.modified_count
+                }
+                // A debt of one batch, as gateways before publish windows wrote them.
+                _ => {
+                    let ids: Vec<&str> = debt
+                        .get_array("task_ids")
+                        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+                        .unwrap_or_default();
+                    self.update_among(&ids, &doc! {"status": "queued"}, &owe).await?
+                }
+            };
             self.debts().delete_one(doc! {"_id": debt.get("_id")}).await.map_err(classify)?;
         }
         Ok(owed)

@@ -1,6 +1,7 @@
-//! How the intake's publishes are owed and paid: a batch's publish debt is settled once the
-//! broker confirms, a claim clears a task's own debt, and a debt left unsettled (the gateway
-//! stopped between storing and publishing) is passed on and paid by the relay.
+//! How the intake's publishes are owed and paid: a publish window's debt is settled once the
+//! broker confirms every publish in it, a claim clears a task's own debt, and a debt left
+//! unsettled (the gateway stopped between storing and publishing) is passed on and paid by the
+//! relay.
 
 use std::time::{Duration, Instant};
 
@@ -53,7 +54,11 @@ async fn an_unsettled_debt_gets_its_stored_tasks_published() {
     let app = spawn_app().await;
     let store = MongoStore::new(app.mongo.clone());
     let ids: Vec<String> = (0..3).map(|i| format!("orphan-{i}")).collect();
-    store.owe_publishes("crashed-batch", &ids, Utc::now()).await.expect("debt");
+    let now = Utc::now();
+    let window = now - chrono::Duration::seconds(1)..now + chrono::Duration::seconds(60);
+    // Due a second from now: the tasks below are stored by then, as a crashed intake's would be.
+    let due = now + chrono::Duration::seconds(1);
+    store.owe_publishes("crashed-window", window, due).await.expect("debt");
     for id in &ids {
         let submission = Submission::parse(&body(id, "say_hello", json!({"name": id})), &Limits::default())
             .expect("valid submission");

@@ -4,23 +4,22 @@
 //! publishes then go out pipelined (confirms awaited together). Nothing here weakens "200 means
 //! stored": the answer waits for the insert.
 //!
-//! The batch owes its publishes through one publish debt, written before the tasks and due ten
-//! seconds later; once the broker has confirmed every publish the debt is deleted. A debt still
-//! there when it falls due (the gateway stopped, a publish or an insert failed) is passed on to
-//! its tasks by the relay, which publishes those still queued.
+//! The batch owes its publishes through the debt of the publish window it is stored in, written
+//! ahead of it (see [`windows`]), so the request path makes one write a batch: the tasks.
 
 use std::sync::Arc;
 
-use bson::oid::ObjectId;
-use chrono::Utc;
+use tokio::sync::Mutex;
 
 use crate::{
     batch::Coalescer,
     broker::Broker,
     metrics::Metrics,
-    relay::publish_hold_until,
     store::{InsertOutcome, NewTask, StoreError, TaskRecord, TaskStore},
 };
+use windows::{Ticket, Windows};
+
+pub mod windows;
 
 /// Handle for submitting; cheap to clone. The writer stops when every handle is dropped.
 #[derive(Clone)]
@@ -31,9 +30,14 @@ pub struct Intake {
 impl Intake {
     /// Starts the writer. `max_batch` bounds a batch (1 turns group commit off).
     pub fn start(store: Arc<dyn TaskStore>, broker: Arc<dyn Broker>, metrics: Metrics, max_batch: usize) -> Self {
+        // Only the writer uses the windows, one batch at a time: the lock is never contended.
+        let windows = Arc::new(Mutex::new(Windows::new(store.clone())));
         let writer = Coalescer::start(max_batch, move |tasks: Vec<NewTask>| {
-            let (store, broker, metrics) = (store.clone(), broker.clone(), metrics.clone());
-            async move { write_batch(store, broker, metrics, tasks).await }
+            let (store, broker, metrics, windows) = (store.clone(), broker.clone(), metrics.clone(), windows.clone());
+            async move {
+                let ticket = windows.lock().await.enter().await;
+                write_batch(store, broker, metrics, ticket, tasks).await
+            }
         });
         Self { writer }
     }
@@ -51,18 +55,19 @@ async fn write_batch(
     store: Arc<dyn TaskStore>,
     broker: Arc<dyn Broker>,
     metrics: Metrics,
+    ticket: Result<Ticket, StoreError>,
     mut tasks: Vec<NewTask>,
 ) -> Vec<Result<InsertOutcome, StoreError>> {
-    let debt = ObjectId::new().to_hex();
-    let ids: Vec<String> = tasks.iter().map(|t| t.submission.task_id.to_string()).collect();
-    if let Err(error) = store.owe_publishes(&debt, &ids, publish_hold_until(Utc::now())).await {
-        return tasks.iter().map(|_| Err(error.clone())).collect();
-    }
+    let ticket = match ticket {
+        Ok(ticket) => ticket,
+        Err(error) => return tasks.iter().map(|_| Err(error.clone())).collect(),
+    };
     for task in &mut tasks {
         task.publish_due_at = None;
     }
-    let outcomes = store.insert_batch(tasks).await;
-    // A failed insert may still have landed: its debt stays, so the relay publishes it if so.
+    let outcomes = store.insert_batch(tasks, ticket.at()).await;
+    // A failed insert may still have landed: the window's debt stays, so the relay publishes it
+    // if so.
     let all_answered = outcomes.iter().all(Result::is_ok);
     let created: Vec<TaskRecord> = outcomes
         .iter()
@@ -72,27 +77,22 @@ async fn write_batch(
         })
         .collect();
     // The answers go out now; publishing does not hold them up.
-    tokio::spawn(publish_batch(store, broker, metrics, created, debt, all_answered));
+    tokio::spawn(publish_batch(broker, metrics, created, ticket, all_answered));
     outcomes
 }
 
-/// Publishes a batch concurrently (the confirms overlap) and deletes its debt when nothing is
-/// left owing.
+/// Publishes a batch concurrently (the confirms overlap); the batch is paid for in its window when
+/// nothing is left owing.
 async fn publish_batch(
-    store: Arc<dyn TaskStore>,
     broker: Arc<dyn Broker>,
     metrics: Metrics,
     tasks: Vec<TaskRecord>,
-    debt: String,
+    ticket: Ticket,
     all_answered: bool,
 ) {
     let (_, failed) = crate::relay::publish_all(broker.as_ref(), &metrics, &tasks).await;
-    if failed > 0 || !all_answered {
-        return; // the relay passes the debt on when it falls due
+    if failed == 0 && all_answered {
+        ticket.paid();
     }
-    if let Err(error) = store.settle_publishes(&debt).await {
-        // Harmless: the relay publishes the batch's queued tasks again and the duplicates are
-        // skipped by the consumer's claim.
-        tracing::warn!(%error, count = tasks.len(), "publishes confirmed but their debt not settled");
-    }
+    // Otherwise the ticket drops unpaid: the window keeps its debt and the relay passes it on.
 }
