@@ -132,12 +132,15 @@ impl Application {
         };
         tracing::info!(port = listener.local_addr().map(|a| a.port()).unwrap_or(0), "listening");
         let http_stop = stop.clone();
+        let intake = state.intake.clone();
         axum::serve(listener, router(state)).with_graceful_shutdown(async move { http_stop.cancelled().await }).await?;
-        // HTTP has stopped accepting; the poller unlocks what never started, consumers drain,
+        // HTTP has stopped accepting; the poller unlocks what never started, consumers drain
+        // (storing what was published straight to the exchange), the intake settles what it owes,
         // the relay stops.
         if let Some(poller) = poller_task {
             let _ = poller.await;
         }
+        intake.settle(settings.shutdown_grace).await;
         let _ = broker_task.await;
         dispatcher.release_in_flight().await;
         let _ = relay_task.await;

@@ -25,6 +25,7 @@ pub mod windows;
 #[derive(Clone)]
 pub struct Intake {
     writer: Coalescer<NewTask, Result<InsertOutcome, StoreError>>,
+    windows: Arc<Mutex<Windows>>,
 }
 
 impl Intake {
@@ -32,6 +33,7 @@ impl Intake {
     pub fn start(store: Arc<dyn TaskStore>, broker: Arc<dyn Broker>, metrics: Metrics, max_batch: usize) -> Self {
         // Only the writer uses the windows, one batch at a time: the lock is never contended.
         let windows = Arc::new(Mutex::new(Windows::new(store.clone())));
+        let shared = windows.clone();
         let writer = Coalescer::start(max_batch, move |tasks: Vec<NewTask>| {
             let (store, broker, metrics, windows) = (store.clone(), broker.clone(), metrics.clone(), windows.clone());
             async move {
@@ -39,7 +41,13 @@ impl Intake {
                 write_batch(store, broker, metrics, ticket, tasks).await
             }
         });
-        Self { writer }
+        Self { writer, windows: shared }
+    }
+
+    /// Shutting down, once no more submissions come: settles the publish windows (see
+    /// [`Windows::settle_all`]).
+    pub async fn settle(&self, grace: std::time::Duration) {
+        self.windows.lock().await.settle_all(grace).await;
     }
 
     /// Stores one task (in whatever batch it lands) and returns its outcome.

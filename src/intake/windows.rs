@@ -19,6 +19,7 @@ use std::{
 use bson::oid::ObjectId;
 use chrono::{DateTime, Utc};
 use tokio::{sync::Notify, task::JoinHandle};
+use tokio_util::task::TaskTracker;
 
 use crate::{
     relay::publish_hold_until,
@@ -138,11 +139,33 @@ pub struct Windows {
     store: Arc<dyn TaskStore>,
     current: Option<Arc<Window>>,
     next: Option<JoinHandle<Result<Arc<Window>, StoreError>>>,
+    /// The windows' settlers.
+    settlers: TaskTracker,
 }
 
 impl Windows {
     pub fn new(store: Arc<dyn TaskStore>) -> Self {
-        Self { store, current: None, next: None }
+        Self { store, current: None, next: None, settlers: TaskTracker::new() }
+    }
+
+    /// Shutting down: closes the windows and waits, up to `grace`, until each has deleted its
+    /// debt (or kept it, if something in it failed), so a clean stop leaves no debt behind for the
+    /// relay to pass on. Batches written after this get a new window.
+    pub async fn settle_all(&mut self, grace: Duration) {
+        if let Some(window) = self.current.take() {
+            window.close();
+        }
+        if let Some(Ok(Ok(window))) = match self.next.take() {
+            Some(ahead) => Some(ahead.await),
+            None => None,
+        } {
+            window.close();
+        }
+        self.settlers.close();
+        if tokio::time::timeout(grace, self.settlers.wait()).await.is_err() {
+            tracing::warn!("publish windows not settled in time; the relay will pass their debts on");
+        }
+        self.settlers.reopen();
     }
 
     /// A ticket for one batch, in a window whose debt is written. Waits for a debt write only when
@@ -154,7 +177,7 @@ impl Windows {
             {
                 let ticket = Ticket { window: window.clone(), at, paid: false };
                 if self.next.is_none() {
-                    self.next = Some(tokio::spawn(open(self.store.clone())));
+                    self.next = Some(tokio::spawn(open(self.store.clone(), self.settlers.clone())));
                 }
                 return Ok(ticket);
             }
@@ -170,7 +193,7 @@ impl Windows {
                 None => None,
             };
             if self.current.is_none() {
-                self.current = Some(open(self.store.clone()).await?);
+                self.current = Some(open(self.store.clone(), self.settlers.clone()).await?);
             }
         }
     }
@@ -193,13 +216,13 @@ impl Drop for Windows {
 }
 
 /// Writes a new window's debt and starts its settler.
-async fn open(store: Arc<dyn TaskStore>) -> Result<Arc<Window>, StoreError> {
+async fn open(store: Arc<dyn TaskStore>, settlers: TaskTracker) -> Result<Arc<Window>, StoreError> {
     let from = Utc::now();
     let until = from + chrono::Duration::from_std(SPAN).unwrap_or_default();
     let id = ObjectId::new().to_hex();
     store.owe_publishes(&id, from..until, publish_hold_until(until)).await?;
     let window = Arc::new(Window { id, from, until, state: Mutex::default(), changed: Notify::new() });
-    tokio::spawn(settle(store, window.clone()));
+    settlers.spawn(settle(store, window.clone()));
     Ok(window)
 }
 

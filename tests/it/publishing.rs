@@ -48,6 +48,24 @@ async fn confirmed_publishes_leave_no_debt_behind() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_leaves_no_debt_behind() {
+    // Stopped at once after the submits, while the publish window they were stored in (and the
+    // one written ahead) would still be open for seconds: the stop closes and settles them.
+    let mut app =
+        spawn_app_with(AppOptions { vars: vec![("GATEWAY_MODE".into(), "api".into())], ..Default::default() }).await;
+    for i in 0..TASKS {
+        assert_eq!(app.submit(&body(&format!("stopping-{i}"), "say_hello", json!({}))).await.0, 200);
+    }
+    let debts = app.mongo.collection::<bson::Document>("publish_debts");
+    assert!(debts.count_documents(doc! {}).await.expect("count debts") > 0, "the open window owes its publishes");
+    app.stop().await;
+    assert_eq!(debts.count_documents(doc! {}).await.expect("count debts"), 0, "a debt outlived the stop");
+    let queue = format!("{}.task.submit.say_hello", app.exchange);
+    assert!(queue_depth_is(&queue, TASKS as u32).await, "the queue holds one message per task");
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unsettled_debt_gets_its_stored_tasks_published() {
     // What a gateway killed between storing a batch and publishing it leaves behind: the debt
     // and the tasks, and no message.
