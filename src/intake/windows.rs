@@ -171,6 +171,7 @@ impl Windows {
     /// A ticket for one batch, in a window whose debt is written. Waits for a debt write only when
     /// none was written ahead (the first batch after a quiet spell, or the store was slow).
     pub async fn enter(&mut self) -> Result<Ticket, StoreError> {
+        let mut written_now = false;
         loop {
             if let Some(window) = &self.current
                 && let Some(at) = window.admit()
@@ -180,6 +181,10 @@ impl Windows {
                     self.next = Some(tokio::spawn(open(self.store.clone(), self.settlers.clone())));
                 }
                 return Ok(ticket);
+            }
+            if written_now {
+                // Its whole span went by while its debt was being written.
+                return Err(StoreError::Unavailable("the store took too long to record a publish window".into()));
             }
             self.current = match self.next.take() {
                 Some(ahead) => match ahead.await {
@@ -194,6 +199,7 @@ impl Windows {
             };
             if self.current.is_none() {
                 self.current = Some(open(self.store.clone(), self.settlers.clone()).await?);
+                written_now = true;
             }
         }
     }
@@ -237,5 +243,53 @@ async fn settle(store: Arc<dyn TaskStore>, window: Arc<Window>) {
         // Harmless: the relay publishes the window's queued tasks again and the duplicates are
         // skipped by the consumer's claim.
         tracing::warn!(%error, window = %window.id, "publishes confirmed but their window's debt not deleted");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(from: DateTime<Utc>, until: DateTime<Utc>) -> Arc<Window> {
+        Arc::new(Window { id: "w".into(), from, until, state: Mutex::default(), changed: Notify::new() })
+    }
+
+    fn ticket(window: &Arc<Window>) -> Ticket {
+        let at = window.admit().expect("the window admits");
+        Ticket { window: window.clone(), at, paid: false }
+    }
+
+    #[test]
+    fn a_window_hands_out_times_inside_its_range_until_closed_or_over() {
+        let now = Utc::now();
+        let open = window(now - chrono::Duration::seconds(1), now + chrono::Duration::seconds(60));
+        let at = ticket(&open).at();
+        assert!(open.from <= at && at < open.until);
+        open.close();
+        assert!(open.admit().is_none(), "a closed window admits nothing");
+        let over = window(now - chrono::Duration::seconds(10), now - chrono::Duration::seconds(1));
+        assert!(over.admit().is_none(), "a window whose range is over admits nothing");
+        let ahead = window(now + chrono::Duration::seconds(10), now + chrono::Duration::seconds(20));
+        assert!(ahead.admit().is_none(), "no time before the range is handed out");
+    }
+
+    #[tokio::test]
+    async fn a_window_settles_once_closed_and_every_batch_finished_and_fails_if_one_was_not_paid() {
+        let now = Utc::now();
+        let all_paid = window(now, now + chrono::Duration::seconds(60));
+        let (a, b) = (ticket(&all_paid), ticket(&all_paid));
+        all_paid.close();
+        a.paid();
+        let waiting = tokio::time::timeout(Duration::from_millis(50), all_paid.settled()).await;
+        assert!(waiting.is_err(), "settled while a batch was still publishing");
+        b.paid();
+        assert!(all_paid.settled().await);
+
+        let one_unpaid = window(now, now + chrono::Duration::seconds(60));
+        let (a, b) = (ticket(&one_unpaid), ticket(&one_unpaid));
+        one_unpaid.close();
+        a.paid();
+        drop(b);
+        assert!(!one_unpaid.settled().await, "a batch dropped unpaid leaves the debt to the relay");
     }
 }
