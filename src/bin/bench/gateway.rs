@@ -59,6 +59,15 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// Waits (at most 3 minutes) until the MongoDB-wire server is idle, saying so when that took a
+/// while: no measurement should pay for what the one before left the server to do.
+pub async fn wait_for_idle_store() {
+    let waited = store_idle(std::time::Duration::from_secs(180)).await;
+    if waited.as_secs_f64() > 1.5 {
+        eprintln!("[bench] waited {:.0} s for the MongoDB-wire server to go idle", waited.as_secs_f64());
+    }
+}
+
 /// Waits until the MongoDB-wire server has done what earlier phases left it to do (a killed
 /// gateway's last writes, for one), so that no phase measures that work: until it uses under a
 /// tenth of a core over one second, for at most `limit`. Returns how long it waited; without the

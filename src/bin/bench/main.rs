@@ -112,10 +112,7 @@ async fn run_all(ctx: &Ctx, runs: &mut Vec<Run>) -> anyhow::Result<()> {
 
 async fn run_once(ctx: &Ctx, run: &mut Run, tag: &str) -> anyhow::Result<()> {
     for phase in ctx.plan.phases.clone() {
-        let waited = gateway::store_idle(std::time::Duration::from_secs(180)).await;
-        if waited.as_secs_f64() > 1.5 {
-            eprintln!("[bench] waited {:.0} s for the MongoDB-wire server to go idle", waited.as_secs_f64());
-        }
+        gateway::wait_for_idle_store().await;
         match phase {
             Phase::Limits => scenarios::limits(ctx, run, tag).await.context("raw limits")?,
             Phase::Submit => scenarios::submit_load(ctx, run, tag).await.context("submit throughput and latency")?,

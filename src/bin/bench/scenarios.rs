@@ -2,7 +2,8 @@
 //! so no phase inherits another's data or memory high-water mark, and stops it afterwards.
 //!
 //! - submit load: `GATEWAY_MODE=api` (no consumers), so the figure is the submit path alone
-//!   (validate, insert, publish, record the confirm); wrk at full speed, then paced at half.
+//!   (validate, insert, publish; the publish window's debt is written ahead); wrk at full speed,
+//!   then, once the store is idle again, paced at half.
 //! - memory, queued: `api` mode, N tasks submitted and left queued (in MongoDB and RabbitMQ).
 //! - end to end: `all` mode, N `say_hello` submitted while the consumers work, until all succeed.
 //! - memory, in flight: `all` mode with an extra `http` topic whose downstream holds every
@@ -98,6 +99,7 @@ pub async fn submit_load(ctx: &Ctx, run: &mut Run, tag: &str) -> anyhow::Result<
             recovery.as_secs_f64() * 1e3
         );
         let target = (peak.ok_rate / 2.0).max(1.0);
+        crate::gateway::wait_for_idle_store().await;
         let half = load::wrk(ctx, &gw.base, &id("half"), p.wrk_connections / 2, p.wrk_duration_s, Some(target)).await?;
         eprintln!(
             "[bench] submit at half load: target {target:.0}, achieved {:.0} req/s, p50 {:.1} ms, p99 {:.1} ms",
