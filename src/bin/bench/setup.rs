@@ -141,8 +141,8 @@ fn env(var: &str) -> anyhow::Result<String> {
 /// keeps a record of each retryable write for 30 minutes and, past 10 000 records, sorts them all
 /// on every write: a server that has taken 10 000 writes in the last half hour does ten times fewer
 /// single inserts (measured: 44 against 241 docs/s on the same server). With them on, every run but
-/// a fresh server's first measured that sort, not the gateway. Real MongoDB keeps these records in
-/// an indexed collection; the gateway's own default stays on.
+/// a fresh server's first measured that sort, not the gateway. Real MongoDB keeps one such record
+/// per session; the gateway's own default stays on.
 fn without_retryable_writes(uri: &str) -> String {
     let (base, query) = uri.split_once('?').unwrap_or((uri, ""));
     let kept: Vec<&str> =
