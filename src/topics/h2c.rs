@@ -137,7 +137,8 @@ impl H2cClient {
         {
             return Err(CallError::Unreachable(reason.clone()));
         }
-        match tokio::time::timeout(CONNECT_TIMEOUT, self.connect()).await {
+        // Boxed: connecting is rare, and inline its state would size every call's future.
+        match tokio::time::timeout(CONNECT_TIMEOUT, Box::pin(self.connect())).await {
             Ok(Ok(conn)) => {
                 let handles = (conn.send.clone(), conn.alive.clone());
                 *slot = Some(conn);

@@ -68,7 +68,8 @@ impl Handler for HttpHandler {
             .map_err(|e| HandlerError::business("INVALID_INPUT", format!("variables cannot be sent as JSON: {e}")))?;
         ctx.step(Some("calling_downstream"), "http_call", "started", None).await;
         let answer = match &self.transport {
-            Transport::Reqwest { client, url } => self.via_reqwest(client, url, body).await?,
+            // Boxed so that reqwest's larger state does not size the lean path's future.
+            Transport::Reqwest { client, url } => Box::pin(self.via_reqwest(client, url, body)).await?,
             Transport::H2c(client) => {
                 match tokio::time::timeout(self.timeout, client.post_json(Bytes::from(body), wants_body)).await {
                     Err(_) => return Err(HandlerError::retryable("downstream timed out")),
