@@ -226,15 +226,18 @@ impl RabbitBroker {
                         }
                     };
                     let handler = handler.clone();
+                    // Only the body and the acker go with the delivery: its properties (a header
+                    // table, the routing key) would otherwise stay in memory while it is handled.
+                    let lapin::message::Delivery { data, acker, .. } = delivery;
                     tracker2.spawn(async move {
-                        let outcome = match handler.handle(&delivery.data).await {
-                            Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
+                        let outcome = match handler.handle(data).await {
+                            Disposition::Ack => acker.ack(BasicAckOptions::default()).await,
                             Disposition::DeadLetter(reason) => {
                                 tracing::warn!(%reason, "message dead-lettered");
-                                delivery.reject(BasicRejectOptions { requeue: false }).await
+                                acker.reject(BasicRejectOptions { requeue: false }).await
                             }
                             Disposition::Requeue => {
-                                delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await
+                                acker.nack(BasicNackOptions { requeue: true, multiple: false }).await
                             }
                         };
                         if let Err(error) = outcome {
