@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 
 use super::{Dispatcher, Processed, StoreResult};
+
 use crate::{
     batch::Coalescer,
     domain::Submission,
@@ -14,15 +15,17 @@ use crate::{
     topics::Topic,
 };
 
+/// Claims by task id and lease, answered with the claimed record (if the claim took).
+pub(super) type ClaimWriter = Coalescer<(String, DateTime<Utc>), StoreResult<Option<Box<TaskRecord>>>>;
+
 /// Most claims written in one round trip.
 const CLAIM_BATCH_MAX: usize = 256;
 
 /// Claims in batches: one lease for the batch (the longest asked; a longer lease only delays
 /// the recovery of a crashed consumer), and a task asked for twice in one batch (a duplicate
-/// delivery) is handed to the first asker only.
-pub(super) fn claim_writer(
-    store: std::sync::Arc<dyn TaskStore>,
-) -> Coalescer<(String, DateTime<Utc>), StoreResult<Option<TaskRecord>>> {
+/// delivery) is handed to the first asker only. Records are boxed: each waiting claim's answer
+/// slot, and every future that passes the record on, then holds a pointer, not the record.
+pub(super) fn claim_writer(store: std::sync::Arc<dyn TaskStore>) -> ClaimWriter {
     Coalescer::start(CLAIM_BATCH_MAX, move |batch: Vec<(String, DateTime<Utc>)>| {
         let store = store.clone();
         async move {
@@ -31,8 +34,8 @@ pub(super) fn claim_writer(
             ids.dedup();
             match store.claim_batch(ids, lease).await {
                 Ok(claimed) => {
-                    let mut by_id: HashMap<String, TaskRecord> =
-                        claimed.into_iter().map(|t| (t.task_id.clone(), t)).collect();
+                    let mut by_id: HashMap<String, Box<TaskRecord>> =
+                        claimed.into_iter().map(|t| (t.task_id.clone(), Box::new(t))).collect();
                     batch.iter().map(|(id, _)| Ok(by_id.remove(id))).collect()
                 }
                 Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
@@ -43,19 +46,8 @@ pub(super) fn claim_writer(
 
 impl Dispatcher {
     /// Parses a message body and claims its task; `Err` says why there is nothing to run.
-    pub(super) async fn take(&self, body: &[u8]) -> Result<(TaskRecord, &Topic), Processed> {
-        let value: serde_json::Value = match serde_json::from_slice(body) {
-            Ok(v) => v,
-            Err(e) => return Err(Processed::Invalid(format!("body is not JSON: {e}"))),
-        };
-        let submission = match Submission::parse(&value, &self.limits) {
-            Ok(s) => s,
-            Err(errors) => {
-                let fields: Vec<String> = errors.iter().map(|e| format!("{} {}", e.field, e.message)).collect();
-                return Err(Processed::Invalid(format!("not a valid submission: {}", fields.join("; "))));
-            }
-        };
-        drop(value);
+    pub(super) async fn take(&self, body: &[u8]) -> Result<(Box<TaskRecord>, &Topic), Processed> {
+        let submission = self.parse(body)?;
         let span = tracing::Span::current();
         span.record("task_id", submission.task_id.as_str());
         span.record("topic", submission.topic.as_str());
@@ -74,11 +66,22 @@ impl Dispatcher {
         };
         match claimed {
             Some(task) => Ok((task, topic)),
-            None => match self.adopt(&submission, topic, lease).await? {
+            // Boxed: adopting is rare, and inline it would size every claim's future.
+            None => match Box::pin(self.adopt(&submission, topic, lease)).await? {
                 Some(task) => Ok((task, topic)),
                 None => Err(Processed::Skipped),
             },
         }
+    }
+
+    /// The message as a submission. Not async, so the parsed JSON never sits in a future.
+    fn parse(&self, body: &[u8]) -> Result<Submission, Processed> {
+        let value: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| Processed::Invalid(format!("body is not JSON: {e}")))?;
+        Submission::parse(&value, &self.limits).map_err(|errors| {
+            let fields: Vec<String> = errors.iter().map(|e| format!("{} {}", e.field, e.message)).collect();
+            Processed::Invalid(format!("not a valid submission: {}", fields.join("; ")))
+        })
     }
 
     /// A message for a task the store does not know: a worker published straight to the
@@ -88,7 +91,7 @@ impl Dispatcher {
         submission: &Submission,
         topic: &Topic,
         lease: DateTime<Utc>,
-    ) -> Result<Option<TaskRecord>, Processed> {
+    ) -> Result<Option<Box<TaskRecord>>, Processed> {
         // The message in hand is the publish; the relay only steps in if it is lost.
         let publish_due = Utc::now() + lease_for(topic.spec.timeout());
         let new = NewTask {
@@ -130,7 +133,7 @@ impl Dispatcher {
         }
     }
 
-    async fn claim(&self, task_id: &str, lease: DateTime<Utc>) -> StoreResult<Option<TaskRecord>> {
+    async fn claim(&self, task_id: &str, lease: DateTime<Utc>) -> StoreResult<Option<Box<TaskRecord>>> {
         let stopped = || StoreError::Unavailable("claim writer stopped".into());
         self.claims.call((task_id.to_owned(), lease)).await.unwrap_or_else(|| Err(stopped()))
     }

@@ -16,7 +16,7 @@ mod progress;
 mod record;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
@@ -62,7 +62,7 @@ pub struct Dispatcher {
     /// Attempts running now, so shutdown can give back those that cannot finish in time.
     in_flight: Arc<Mutex<HashSet<(String, u32)>>>,
     /// Group commit of claims and of attempt ends across concurrent deliveries.
-    claims: Coalescer<(String, DateTime<Utc>), StoreResult<Option<TaskRecord>>>,
+    claims: claim::ClaimWriter,
     finishes: Coalescer<Finish, StoreResult<Finished>>,
 }
 
@@ -122,27 +122,33 @@ impl Dispatcher {
     pub async fn process(&self, body: Vec<u8>) -> Processed {
         // Claiming and recording are boxed: neither is live while the handler runs, and inline
         // they would size the future that 10 000 tasks in flight each hold for the whole call.
-        let taken = Box::pin(self.take(&body)).await;
+        // (A moved-from local still takes room in an async fn's state, hence the boxed attempt.)
+        let taken = Box::pin(self.take(&body)).await.map(|(task, topic)| (self.begin(task), topic));
         drop(body);
-        let (task, topic) = match taken {
-            Ok(taken) => taken,
-            Err(processed) => return processed,
-        };
-        self.run(task, topic).await
+        match taken {
+            Ok((attempt, topic)) => self.run(attempt, topic).await,
+            Err(processed) => processed,
+        }
     }
 
-    async fn run(&self, task: TaskRecord, topic: &Topic) -> Processed {
-        let TaskRecord { task_id, worker_id, topic: topic_name, variables, attempts, max_attempts, camunda, .. } = task;
+    /// Registers a claimed attempt as running and splits the task into what its run needs.
+    fn begin(&self, task: Box<TaskRecord>) -> Box<Attempt> {
+        let TaskRecord { task_id, worker_id, topic, variables, attempts, max_attempts, camunda, .. } = *task;
         let claimed = Claimed { attempt: attempts, max_attempts, linked: camunda.linked };
-        let key = (task_id.clone(), attempts);
-        self.in_flight.lock().map(|mut set| set.insert(key.clone())).ok();
+        self.in_flight.lock().map(|mut set| set.insert((task_id.clone(), attempts))).ok();
         let progress = Arc::new(StoreProgress::new(self.store.clone(), task_id.clone(), attempts));
-        let ctx = HandlerContext::new(task_id, worker_id, topic_name, attempts, progress.clone());
+        let ctx = HandlerContext::new(task_id, worker_id, topic, attempts, progress.clone());
+        Box::new(Attempt { ctx, variables, claimed, progress })
+    }
+
+    async fn run(&self, attempt: Box<Attempt>, topic: &Topic) -> Processed {
+        let Attempt { ctx, variables, claimed, progress } = *attempt;
         let in_flight = self.metrics.in_flight.get_or_create(&Metrics::topic(&ctx.topic)).clone();
         in_flight.inc();
         let started = std::time::Instant::now();
-        let result = run_handler(topic, &ctx, variables).await;
+        let result = run_handler(topic, &ctx, &variables).await;
         let elapsed = started.elapsed();
+        drop(variables);
         in_flight.dec();
         self.metrics.handler_duration.get_or_create(&Metrics::topic(&ctx.topic)).observe(elapsed.as_secs_f64());
         let ended = Box::pin(async {
@@ -150,7 +156,7 @@ impl Dispatcher {
             self.record(&ctx.task_id, &ctx.topic, claimed, topic, end).await
         });
         let recorded = ended.await;
-        self.in_flight.lock().map(|mut set| set.remove(&key)).ok();
+        self.in_flight.lock().map(|mut set| set.remove(&(ctx.task_id.clone(), claimed.attempt))).ok();
         recorded
     }
 
@@ -171,8 +177,8 @@ impl Dispatcher {
 
 /// Runs the topic's handler under its timeout. A panic is caught here and counts as a failed
 /// attempt, not a dead consumer; a timeout drops the handler's future, which stops it.
-async fn run_handler(topic: &Topic, ctx: &HandlerContext, variables: Variables) -> Result<Variables, HandlerError> {
-    let call = AssertUnwindSafe(topic.handler.handle(ctx, &variables)).catch_unwind();
+async fn run_handler(topic: &Topic, ctx: &HandlerContext, variables: &Variables) -> Result<Variables, HandlerError> {
+    let call = AssertUnwindSafe(topic.handler.handle(ctx, variables)).catch_unwind();
     match tokio::time::timeout(topic.spec.timeout(), call).await {
         Ok(Ok(result)) => result,
         Ok(Err(panic)) => Err(HandlerError::retryable(format!("handler panicked: {}", panic_message(&*panic)))),
@@ -218,6 +224,14 @@ fn attempt_end(
     };
     let elapsed_ms = i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX);
     AttemptEnd { elapsed_ms, steps, outcome, processed, next_attempt_in }
+}
+
+/// A claimed attempt about to run: the handler's context and input, and what recording needs.
+struct Attempt {
+    ctx: HandlerContext,
+    variables: Variables,
+    claimed: Claimed,
+    progress: Arc<StoreProgress>,
 }
 
 /// How one attempt ended, as the dispatcher records it.
