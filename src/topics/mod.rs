@@ -34,10 +34,11 @@ pub struct NativeDeps {
     pub http2: reqwest::Client,
 }
 
-/// Every topic this gateway serves, by name.
+/// Every topic this gateway serves, by name. Cheap to clone (shared): the HTTP layer's state
+/// holds one, and axum clones that state for every connection.
 #[derive(Clone, Default)]
 pub struct Registry {
-    topics: BTreeMap<String, Topic>,
+    topics: Arc<BTreeMap<String, Topic>>,
 }
 
 impl Registry {
@@ -76,7 +77,7 @@ impl Registry {
         if self.topics.contains_key(&name) {
             return Err(name);
         }
-        self.topics.insert(name, topic);
+        Arc::make_mut(&mut self.topics).insert(name, topic);
         Ok(())
     }
 
