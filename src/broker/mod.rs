@@ -52,5 +52,7 @@ pub enum Disposition {
 /// Receives each consumed message.
 #[async_trait]
 pub trait DeliveryHandler: Send + Sync {
-    async fn handle(&self, body: &[u8]) -> Disposition;
+    /// The body is handed over, so the handler can let go of it once read rather than hold it
+    /// for as long as the message is being handled.
+    async fn handle(&self, body: Vec<u8>) -> Disposition;
 }

@@ -70,6 +70,12 @@ struct Inner {
 /// holds confirms back; the relay publishes again later).
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Largest AMQP frame asked for, unless the URL sets `frame_max`. lapin keeps 32 frames of
+/// buffer each way per connection, written through at connect: at RabbitMQ's default frame
+/// (128 KiB) that is 8 MiB resident, for messages of a few hundred bytes. A larger body is
+/// simply split across frames.
+const FRAME_MAX: u32 = 16 * 1024;
+
 #[derive(Clone)]
 pub struct RabbitBroker {
     inner: Arc<Inner>,
@@ -186,7 +192,10 @@ impl RabbitBroker {
         up: &mut bool,
     ) -> Result<(), String> {
         let props = ConnectionProperties::default().with_connection_name("worker-api-gateway".into());
-        let conn = Connection::connect(self.inner.url.expose(), props).await.map_err(|e| e.to_string())?;
+        let mut uri: lapin::uri::AMQPUri =
+            self.inner.url.expose().parse().map_err(|_| "RABBITMQ_URL is not a valid AMQP URI".to_owned())?;
+        uri.query.frame_max.get_or_insert(FRAME_MAX);
+        let conn = Connection::connect_uri(uri, props).await.map_err(|e| e.to_string())?;
         let mut events = conn.events_listener();
         let setup = conn.create_channel().await.map_err(|e| e.to_string())?;
         self.declare(&setup).await.map_err(|e| e.to_string())?;
@@ -226,15 +235,18 @@ impl RabbitBroker {
                         }
                     };
                     let handler = handler.clone();
+                    // Only the body and the acker go with the delivery: its properties (a header
+                    // table, the routing key) would otherwise stay in memory while it is handled.
+                    let lapin::message::Delivery { data, acker, .. } = delivery;
                     tracker2.spawn(async move {
-                        let outcome = match handler.handle(&delivery.data).await {
-                            Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
+                        let outcome = match handler.handle(data).await {
+                            Disposition::Ack => acker.ack(BasicAckOptions::default()).await,
                             Disposition::DeadLetter(reason) => {
                                 tracing::warn!(%reason, "message dead-lettered");
-                                delivery.reject(BasicRejectOptions { requeue: false }).await
+                                acker.reject(BasicRejectOptions { requeue: false }).await
                             }
                             Disposition::Requeue => {
-                                delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await
+                                acker.nack(BasicNackOptions { requeue: true, multiple: false }).await
                             }
                         };
                         if let Err(error) = outcome {

@@ -6,29 +6,31 @@
 use std::{
     collections::HashSet,
     future::Future,
+    panic::AssertUnwindSafe,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
+mod claim;
 mod progress;
+mod record;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
+use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     batch::Coalescer,
     broker::{DeliveryHandler, Disposition},
     camunda::Reporter,
-    domain::{Limits, Submission},
-    metrics::{Metrics, OutcomeLabels},
-    store::{
-        AttemptOutcome, CamundaLink, Finish, Finished, InsertOutcome, NewTask, StoreError, TaskRecord, TaskSource,
-        TaskStore, lease_for,
-    },
-    topics::{HandlerContext, HandlerError, ProcessingStep, Registry, Topic},
+    domain::Limits,
+    metrics::Metrics,
+    store::{AttemptOutcome, Finish, Finished, StoreError, TaskRecord, TaskStore},
+    topics::{HandlerContext, HandlerError, ProcessingStep, Registry, Topic, Variables},
 };
 use progress::StoreProgress;
+use record::Claimed;
 
 /// What processing one delivery came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,36 +62,14 @@ pub struct Dispatcher {
     /// Attempts running now, so shutdown can give back those that cannot finish in time.
     in_flight: Arc<Mutex<HashSet<(String, u32)>>>,
     /// Group commit of claims and of attempt ends across concurrent deliveries.
-    claims: Coalescer<(String, DateTime<Utc>), StoreResult<Option<TaskRecord>>>,
+    claims: claim::ClaimWriter,
     finishes: Coalescer<Finish, StoreResult<Finished>>,
 }
 
 type StoreResult<T> = Result<T, StoreError>;
 
-/// Most claims (or attempt ends) written in one round trip.
-const CONSUMER_BATCH_MAX: usize = 256;
-
-/// Claims in batches: one lease for the batch (the longest asked; a longer lease only delays
-/// the recovery of a crashed consumer), and a task asked for twice in one batch (a duplicate
-/// delivery) is handed to the first asker only.
-fn claim_writer(store: Arc<dyn TaskStore>) -> Coalescer<(String, DateTime<Utc>), StoreResult<Option<TaskRecord>>> {
-    Coalescer::start(CONSUMER_BATCH_MAX, move |batch: Vec<(String, DateTime<Utc>)>| {
-        let store = store.clone();
-        async move {
-            let lease = batch.iter().map(|(_, l)| *l).max().unwrap_or_else(Utc::now);
-            let mut ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
-            ids.dedup();
-            match store.claim_batch(ids, lease).await {
-                Ok(claimed) => {
-                    let mut by_id: std::collections::HashMap<String, TaskRecord> =
-                        claimed.into_iter().map(|t| (t.task_id.clone(), t)).collect();
-                    batch.iter().map(|(id, _)| Ok(by_id.remove(id))).collect()
-                }
-                Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
-            }
-        }
-    })
-}
+/// Most attempt ends written in one round trip.
+const FINISH_BATCH_MAX: usize = 256;
 
 impl Dispatcher {
     pub fn new(
@@ -99,9 +79,9 @@ impl Dispatcher {
         limits: Limits,
         cancel: CancellationToken,
     ) -> Self {
-        let claims = claim_writer(store.clone());
+        let claims = claim::claim_writer(store.clone());
         let finish_store = store.clone();
-        let finishes = Coalescer::start(CONSUMER_BATCH_MAX, move |batch: Vec<Finish>| {
+        let finishes = Coalescer::start(FINISH_BATCH_MAX, move |batch: Vec<Finish>| {
             let store = finish_store.clone();
             async move { store.finish_batch(batch).await }
         });
@@ -139,243 +119,45 @@ impl Dispatcher {
 
     /// Handles one message body, start to finish.
     #[tracing::instrument(skip_all, fields(task_id, topic))]
-    pub async fn process(&self, body: &[u8]) -> Processed {
-        let value: serde_json::Value = match serde_json::from_slice(body) {
-            Ok(v) => v,
-            Err(e) => return Processed::Invalid(format!("body is not JSON: {e}")),
-        };
-        let submission = match Submission::parse(&value, &self.limits) {
-            Ok(s) => s,
-            Err(errors) => {
-                let fields: Vec<String> = errors.iter().map(|e| format!("{} {}", e.field, e.message)).collect();
-                return Processed::Invalid(format!("not a valid submission: {}", fields.join("; ")));
-            }
-        };
-        let span = tracing::Span::current();
-        span.record("task_id", submission.task_id.as_str());
-        span.record("topic", submission.topic.as_str());
-        let Some(topic) = self.registry.get(submission.topic.as_str()).cloned() else {
-            return Processed::Invalid(format!("topic {:?} is not registered", submission.topic.as_str()));
-        };
-        let lease = Utc::now() + lease_for(topic.spec.timeout());
-        let task_id = submission.task_id.as_str();
-        let claimed = match self.patiently(|| self.claim(task_id, lease)).await {
-            None => return Processed::Interrupted,
-            Some(Err(e)) => {
-                tracing::error!(error = %e, "claim failed");
-                return Processed::Interrupted;
-            }
-            Some(Ok(c)) => c,
-        };
-        let task = match claimed {
-            Some(task) => task,
-            None => match self.adopt(&submission, &topic, lease).await {
-                Ok(Some(task)) => task,
-                Ok(None) => return Processed::Skipped,
-                Err(p) => return p,
-            },
-        };
-        self.run(task, &topic).await
-    }
-
-    /// A message for a task the store does not know: a worker published straight to the
-    /// exchange. Store it (idempotently) and claim it.
-    async fn adopt(
-        &self,
-        submission: &Submission,
-        topic: &Topic,
-        lease: chrono::DateTime<Utc>,
-    ) -> Result<Option<TaskRecord>, Processed> {
-        // The message in hand is the publish; the relay only steps in if it is lost.
-        let publish_due = Utc::now() + lease_for(topic.spec.timeout());
-        let new = NewTask {
-            submission: submission.clone(),
-            max_attempts: topic.spec.retry.max_attempts,
-            source: TaskSource::Amqp,
-            camunda: if self.reporter.is_some() { CamundaLink::pending() } else { CamundaLink::not_applicable() },
-            publish_due_at: Some(publish_due),
-        };
-        let inserted = match self.patiently(|| self.store.insert(new.clone())).await {
-            None => return Err(Processed::Interrupted),
-            Some(Err(e)) => {
-                tracing::error!(error = %e, "storing a direct submission failed");
-                return Err(Processed::Interrupted);
-            }
-            Some(Ok(i)) => i,
-        };
-        match inserted {
-            InsertOutcome::Conflict(_) => {
-                return Err(Processed::Invalid("a task with this id exists with a different body".into()));
-            }
-            InsertOutcome::Existing(_) => return Ok(None),
-            InsertOutcome::Created(_) => {
-                self.metrics.submits.get_or_create(&submit_labels(submission.topic.as_str(), "created")).inc();
-            }
-        }
-        let task_id = submission.task_id.as_str();
-        match self.patiently(|| self.claim(task_id, lease)).await {
-            Some(Ok(task)) => {
-                // The message in hand serves as the publish.
-                let _ = self.store.publish_confirmed(task_id, publish_due).await;
-                Ok(task)
-            }
-            None | Some(Err(_)) => Err(Processed::Interrupted),
+    pub async fn process(&self, body: Vec<u8>) -> Processed {
+        // Claiming and recording are boxed: neither is live while the handler runs, and inline
+        // they would size the future that 10 000 tasks in flight each hold for the whole call.
+        // (A moved-from local still takes room in an async fn's state, hence the boxed attempt.)
+        let taken = Box::pin(self.take(&body)).await.map(|(task, topic)| (self.begin(task), topic));
+        drop(body);
+        match taken {
+            Ok((attempt, topic)) => self.run(attempt, topic).await,
+            Err(processed) => processed,
         }
     }
 
-    async fn run(&self, task: TaskRecord, topic: &Topic) -> Processed {
-        let attempt = task.attempts;
-        let key = (task.task_id.clone(), attempt);
-        self.in_flight.lock().map(|mut set| set.insert(key.clone())).ok();
-        let progress = Arc::new(StoreProgress::new(self.store.clone(), task.task_id.clone(), attempt));
-        let ctx = HandlerContext::new(
-            task.task_id.clone(),
-            task.worker_id.clone(),
-            task.topic.clone(),
-            attempt,
-            progress.clone(),
-        );
-        let label = Metrics::topic(&task.topic);
-        let in_flight = self.metrics.in_flight.get_or_create(&label).clone();
+    /// Registers a claimed attempt as running and splits the task into what its run needs.
+    fn begin(&self, task: Box<TaskRecord>) -> Box<Attempt> {
+        let TaskRecord { task_id, worker_id, topic, variables, attempts, max_attempts, camunda, .. } = *task;
+        let claimed = Claimed { attempt: attempts, max_attempts, linked: camunda.linked };
+        self.in_flight.lock().map(|mut set| set.insert((task_id.clone(), attempts))).ok();
+        let progress = Arc::new(StoreProgress::new(self.store.clone(), task_id.clone(), attempts));
+        let ctx = HandlerContext::new(task_id, worker_id, topic, attempts, progress.clone());
+        Box::new(Attempt { ctx, variables, claimed, progress })
+    }
+
+    async fn run(&self, attempt: Box<Attempt>, topic: &Topic) -> Processed {
+        let Attempt { ctx, variables, claimed, progress } = *attempt;
+        let in_flight = self.metrics.in_flight.get_or_create(&Metrics::topic(&ctx.topic)).clone();
         in_flight.inc();
         let started = std::time::Instant::now();
-        let handler = topic.handler.clone();
-        let variables = task.variables.clone();
-        // Run in its own task so a panicking handler is a failed attempt, not a dead consumer.
-        let run = tokio::spawn(async move { handler.handle(&ctx, &variables).await });
-        let abort = run.abort_handle();
-        let result = match tokio::time::timeout(topic.spec.timeout(), run).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(join)) => Err(HandlerError::retryable(format!("handler panicked: {join}"))),
-            Err(_) => {
-                abort.abort();
-                Err(HandlerError::retryable(format!("handler timed out after {} s", topic.spec.timeout_seconds)))
-            }
-        };
+        let result = run_handler(topic, &ctx, &variables).await;
         let elapsed = started.elapsed();
+        drop(variables);
         in_flight.dec();
-        self.metrics.handler_duration.get_or_create(&label).observe(elapsed.as_secs_f64());
-
-        let mut next_attempt_in = Duration::ZERO;
-        let (outcome, processed) = match result {
-            Ok(result) => (AttemptOutcome::Succeeded { result }, Processed::Succeeded),
-            Err(HandlerError::Business { code, message }) => {
-                (AttemptOutcome::Failed { error: message, error_code: Some(code) }, Processed::Failed)
-            }
-            Err(HandlerError::Retryable { message }) if attempt < task.max_attempts => {
-                next_attempt_in = topic.spec.retry.backoff(attempt);
-                let next_attempt_at = Utc::now() + chrono::Duration::from_std(next_attempt_in).unwrap_or_default();
-                (AttemptOutcome::Retry { error: message, next_attempt_at }, Processed::Retrying)
-            }
-            Err(HandlerError::Retryable { message }) => (
-                AttemptOutcome::Failed {
-                    error: format!("{message} (attempt {attempt} of {})", task.max_attempts),
-                    error_code: Some("ATTEMPTS_EXHAUSTED".into()),
-                },
-                Processed::Exhausted,
-            ),
-        };
-        let elapsed_ms = i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX);
-        let steps = progress.close().await;
-        let end = AttemptEnd { elapsed_ms, steps, outcome, processed, next_attempt_in };
-        let recorded = self.record(&task, topic, end).await;
-        self.in_flight.lock().map(|mut set| set.remove(&key)).ok();
-        recorded
-    }
-
-    /// Stores how the task's current attempt ended (waiting out a store outage), then reports it.
-    async fn record(&self, task: &TaskRecord, topic: &Topic, end: AttemptEnd) -> Processed {
-        let AttemptEnd { elapsed_ms, steps, outcome, processed, next_attempt_in } = end;
-        let attempt = task.attempts;
-        let outcome_name = match processed {
-            Processed::Succeeded => "succeeded",
-            Processed::Retrying => "retrying",
-            _ => "failed",
-        };
-        match self
-            .patiently(|| {
-                self.finish(Finish {
-                    task_id: task.task_id.clone(),
-                    attempt,
-                    elapsed_ms,
-                    steps: steps.clone(),
-                    outcome: outcome.clone(),
-                    read_back: self.reporter.is_some() && task.camunda.linked,
-                })
-            })
-            .await
-        {
-            Some(Ok(Finished::Written(recorded))) => {
-                if let Some(recorded) = recorded {
-                    self.report(*recorded, next_attempt_in, topic);
-                }
-                self.metrics
-                    .outcomes
-                    .get_or_create(&OutcomeLabels { topic: task.topic.clone(), outcome: outcome_name.into() })
-                    .inc();
-                tracing::info!(attempt, outcome = outcome_name, elapsed_ms, "attempt finished");
-                processed
-            }
-            Some(Ok(Finished::Missed)) => self.claim_vanished_or_moved_on(task, attempt).await,
-            Some(Err(e)) => {
-                tracing::error!(error = %e, "recording the outcome failed; the lease will expire and the task re-run");
-                Processed::Skipped
-            }
-            None => Processed::Interrupted,
-        }
-    }
-}
-
-impl Dispatcher {
-    /// The attempt's end matched nothing. Normally the lease expired and the relay moved the
-    /// task on (its new message is out): this result is void and the delivery is done. But if
-    /// the task still waits with fewer attempts than this one, the store lost the claim (a server
-    /// that acknowledged an unjournaled write and then crashed): nobody else will publish it, so
-    /// the message goes back to the queue rather than leaving the task stranded.
-    async fn claim_vanished_or_moved_on(&self, task: &TaskRecord, attempt: u32) -> Processed {
-        let current = self.store.get(&task.task_id).await;
-        if let Ok(Some(now)) = &current
-            && now.status.is_waiting()
-            && now.attempts < attempt
-            && now.publish_due_at.is_none()
-        {
-            tracing::error!(attempt, stored_attempts = now.attempts, "the store lost this attempt's claim; requeued");
-            return Processed::Interrupted;
-        }
-        tracing::warn!(attempt, "attempt finished after its lease was taken back; result dropped");
-        Processed::Skipped
-    }
-
-    /// Hands a recorded outcome to the reporter, off the consumer's path: the ack need not wait
-    /// for Camunda, and a report lost here is sent by the relay's sweep.
-    fn report(&self, task: TaskRecord, next_attempt_in: Duration, topic: &Topic) {
-        let Some(reporter) = self.reporter.clone() else { return };
-        if !task.camunda.linked {
-            return;
-        }
-        let timeout = topic.spec.timeout();
-        tokio::spawn(async move {
-            if task.status.is_final() {
-                if let Err(error) = reporter.report(&task).await {
-                    tracing::warn!(%error, task_id = %task.task_id, "report deferred to the relay");
-                }
-            } else if task.status == crate::domain::TaskStatus::Retrying {
-                let left = task.max_attempts.saturating_sub(task.attempts);
-                reporter.report_retry(&task, left, next_attempt_in, timeout).await;
-            }
+        self.metrics.handler_duration.get_or_create(&Metrics::topic(&ctx.topic)).observe(elapsed.as_secs_f64());
+        let ended = Box::pin(async {
+            let end = attempt_end(result, claimed, topic, elapsed, progress.close().await);
+            self.record(&ctx.task_id, &ctx.topic, claimed, topic, end).await
         });
-    }
-}
-
-impl Dispatcher {
-    async fn claim(&self, task_id: &str, lease: DateTime<Utc>) -> StoreResult<Option<TaskRecord>> {
-        let stopped = || StoreError::Unavailable("claim writer stopped".into());
-        self.claims.call((task_id.to_owned(), lease)).await.unwrap_or_else(|| Err(stopped()))
-    }
-
-    async fn finish(&self, finish: Finish) -> StoreResult<Finished> {
-        let stopped = || StoreError::Unavailable("finish writer stopped".into());
-        self.finishes.call(finish).await.unwrap_or_else(|| Err(stopped()))
+        let recorded = ended.await;
+        self.in_flight.lock().map(|mut set| set.remove(&(ctx.task_id.clone(), claimed.attempt))).ok();
+        recorded
     }
 
     /// Shutdown, after the grace period: attempts still running are given back (retrying, due
@@ -393,6 +175,65 @@ impl Dispatcher {
     }
 }
 
+/// Runs the topic's handler under its timeout. A panic is caught here and counts as a failed
+/// attempt, not a dead consumer; a timeout drops the handler's future, which stops it.
+async fn run_handler(topic: &Topic, ctx: &HandlerContext, variables: &Variables) -> Result<Variables, HandlerError> {
+    let call = AssertUnwindSafe(topic.handler.handle(ctx, variables)).catch_unwind();
+    match tokio::time::timeout(topic.spec.timeout(), call).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(panic)) => Err(HandlerError::retryable(format!("handler panicked: {}", panic_message(&*panic)))),
+        Err(_) => Err(HandlerError::retryable(format!("handler timed out after {} s", topic.spec.timeout_seconds))),
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+/// What a handler's result means for the task: the outcome to store and the delivery's fate.
+fn attempt_end(
+    result: Result<Variables, HandlerError>,
+    claimed: Claimed,
+    topic: &Topic,
+    elapsed: Duration,
+    steps: Vec<ProcessingStep>,
+) -> AttemptEnd {
+    let Claimed { attempt, max_attempts, .. } = claimed;
+    let mut next_attempt_in = Duration::ZERO;
+    let (outcome, processed) = match result {
+        Ok(result) => (AttemptOutcome::Succeeded { result }, Processed::Succeeded),
+        Err(HandlerError::Business { code, message }) => {
+            (AttemptOutcome::Failed { error: message, error_code: Some(code) }, Processed::Failed)
+        }
+        Err(HandlerError::Retryable { message }) if attempt < max_attempts => {
+            next_attempt_in = topic.spec.retry.backoff(attempt);
+            let next_attempt_at = Utc::now() + chrono::Duration::from_std(next_attempt_in).unwrap_or_default();
+            (AttemptOutcome::Retry { error: message, next_attempt_at }, Processed::Retrying)
+        }
+        Err(HandlerError::Retryable { message }) => (
+            AttemptOutcome::Failed {
+                error: format!("{message} (attempt {attempt} of {max_attempts})"),
+                error_code: Some("ATTEMPTS_EXHAUSTED".into()),
+            },
+            Processed::Exhausted,
+        ),
+    };
+    let elapsed_ms = i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX);
+    AttemptEnd { elapsed_ms, steps, outcome, processed, next_attempt_in }
+}
+
+/// A claimed attempt about to run: the handler's context and input, and what recording needs.
+struct Attempt {
+    ctx: HandlerContext,
+    variables: Variables,
+    claimed: Claimed,
+    progress: Arc<StoreProgress>,
+}
+
 /// How one attempt ended, as the dispatcher records it.
 struct AttemptEnd {
     elapsed_ms: i64,
@@ -404,13 +245,9 @@ struct AttemptEnd {
     next_attempt_in: Duration,
 }
 
-fn submit_labels(topic: &str, result: &str) -> crate::metrics::SubmitLabels {
-    crate::metrics::SubmitLabels { topic: topic.to_owned(), result: result.to_owned() }
-}
-
 #[async_trait]
 impl DeliveryHandler for Dispatcher {
-    async fn handle(&self, body: &[u8]) -> Disposition {
+    async fn handle(&self, body: Vec<u8>) -> Disposition {
         match self.process(body).await {
             Processed::Invalid(reason) => Disposition::DeadLetter(reason),
             // Recorded as failed (and reported) first; the message is parked for inspection.

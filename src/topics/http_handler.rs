@@ -1,79 +1,163 @@
 //! The `http` handler kind: POST the task to a configured URL and map the answer, with the same
 //! table the seed's workers use (2xx success, 400/404/422 business error, 408/429/5xx/timeout/
 //! connection error retryable). It never logs the URL's credentials or the response body.
+//! HTTP/1.1 and `https://` calls go through reqwest; `http2 = true` on an `http://` URL goes
+//! through the lean [`H2cClient`], which holds far less per call in flight.
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::StatusCode;
 use serde_json::{Value, json};
 
-use super::handler::{Handler, HandlerContext, HandlerError, Variables};
+use super::{
+    h2c::{CallError, H2cClient},
+    handler::{Handler, HandlerContext, HandlerError, Variables},
+};
+
+/// How the handler reaches its downstream.
+enum Transport {
+    /// reqwest's pooled client (HTTP/1.1, or HTTP/2 negotiated over TLS).
+    Reqwest { client: reqwest::Client, url: String },
+    /// One shared HTTP/2 cleartext connection.
+    H2c(Box<H2cClient>),
+}
 
 pub struct HttpHandler {
-    client: reqwest::Client,
-    url: String,
+    transport: Transport,
     timeout: Duration,
 }
 
 impl HttpHandler {
     pub fn new(client: reqwest::Client, url: String, timeout: Duration) -> Self {
-        Self { client, url, timeout }
+        Self { transport: Transport::Reqwest { client, url }, timeout }
     }
+
+    /// A handler calling an `http://` downstream over HTTP/2 cleartext (`http2 = true`).
+    pub fn h2c(url: &str, timeout: Duration) -> Result<Self, String> {
+        Ok(Self { transport: Transport::H2c(Box::new(H2cClient::new(url)?)), timeout })
+    }
+}
+
+/// What is POSTed: the task, by reference, so the variables are serialized without a copy.
+#[derive(serde::Serialize)]
+struct Call<'a> {
+    task_id: &'a str,
+    worker_id: &'a str,
+    topic: &'a str,
+    attempt: u32,
+    variables: &'a Variables,
+}
+
+/// The statuses whose body is read: a success's result and a business error's message.
+fn wants_body(status: StatusCode) -> bool {
+    status.is_success() || matches!(status.as_u16(), 400 | 404 | 422)
 }
 
 #[async_trait::async_trait]
 impl Handler for HttpHandler {
     async fn handle(&self, ctx: &HandlerContext, input: &Variables) -> Result<Variables, HandlerError> {
-        let body = json!({
-            "task_id": ctx.task_id,
-            "worker_id": ctx.worker_id,
-            "topic": ctx.topic,
-            "attempt": ctx.attempt,
-            "variables": input,
-        });
+        let call = Call {
+            task_id: &ctx.task_id,
+            worker_id: &ctx.worker_id,
+            topic: &ctx.topic,
+            attempt: ctx.attempt,
+            variables: input,
+        };
+        let body = serde_json::to_vec(&call)
+            .map_err(|e| HandlerError::business("INVALID_INPUT", format!("variables cannot be sent as JSON: {e}")))?;
         ctx.step(Some("calling_downstream"), "http_call", "started", None).await;
-        let answer = self.client.post(&self.url).timeout(self.timeout).json(&body).send().await;
-        let response = match answer {
+        let answer = match &self.transport {
+            // Boxed so that reqwest's larger state does not size the lean path's future.
+            Transport::Reqwest { client, url } => Box::pin(self.via_reqwest(client, url, body)).await?,
+            Transport::H2c(client) => {
+                match tokio::time::timeout(self.timeout, client.post_json(Bytes::from(body), wants_body)).await {
+                    Err(_) => return Err(HandlerError::retryable("downstream timed out")),
+                    Ok(Err(CallError::TooLarge)) => {
+                        return Err(HandlerError::business("INVALID_RESPONSE", CallError::TooLarge.to_string()));
+                    }
+                    Ok(Err(e)) => return Err(HandlerError::retryable(e.to_string())),
+                    Ok(Ok(answer)) => (answer.status, answer.body),
+                }
+            }
+        };
+        let (status, bytes) = answer;
+        ctx.step(Some("downstream_answered"), "http_call", &status.as_u16().to_string(), None).await;
+        map_answer(status, &bytes)
+    }
+}
+
+impl HttpHandler {
+    /// The call through reqwest: the status and, when wanted, the body.
+    async fn via_reqwest(
+        &self,
+        client: &reqwest::Client,
+        url: &str,
+        body: Vec<u8>,
+    ) -> Result<(StatusCode, Bytes), HandlerError> {
+        let request =
+            client.post(url).timeout(self.timeout).header(http::header::CONTENT_TYPE, "application/json").body(body);
+        let response = match request.send().await {
             Ok(r) => r,
             Err(e) if e.is_timeout() => return Err(HandlerError::retryable("downstream timed out")),
             Err(e) => return Err(HandlerError::retryable(format!("downstream unreachable: {}", e.without_url()))),
         };
         let status = response.status();
-        ctx.step(Some("downstream_answered"), "http_call", &status.as_u16().to_string(), None).await;
-        match status.as_u16() {
-            200..=299 => {
-                let bytes = response
-                    .bytes()
-                    .await
-                    .map_err(|e| HandlerError::retryable(format!("reading downstream answer: {}", e.without_url())))?;
-                match serde_json::from_slice::<Value>(&bytes) {
-                    Ok(Value::Object(map)) => Ok(map),
-                    Ok(Value::Null) | Err(_) if bytes.iter().all(u8::is_ascii_whitespace) => Ok(Variables::new()),
-                    Ok(other) => Ok(json!({ "result": other }).as_object().cloned().unwrap_or_default()),
-                    Err(_) => Err(HandlerError::business(
-                        "INVALID_RESPONSE",
-                        "downstream answered 2xx with a body that is not JSON",
-                    )),
-                }
-            }
-            400 | 404 | 422 => {
-                let text = response.text().await.unwrap_or_default();
-                let message = business_message(&text).unwrap_or_else(|| format!("downstream answered {status}"));
-                Err(HandlerError::business(format!("HTTP_{}", status.as_u16()), message))
-            }
-            408 | 429 | 500..=599 => Err(HandlerError::retryable(format!("downstream answered {status}"))),
-            _ => Err(HandlerError::business(
-                format!("HTTP_{}", status.as_u16()),
-                format!("downstream answered {status}"),
-            )),
+        if !wants_body(status) {
+            return Ok((status, Bytes::new()));
+        }
+        match response.bytes().await {
+            Ok(bytes) => Ok((status, bytes)),
+            // A business error's message is a nicety; without it the status still decides.
+            Err(_) if !status.is_success() => Ok((status, Bytes::new())),
+            Err(e) => Err(HandlerError::retryable(format!("reading downstream answer: {}", e.without_url()))),
         }
     }
 }
 
+/// The answer table: what a downstream's status and body mean for the task.
+fn map_answer(status: StatusCode, bytes: &[u8]) -> Result<Variables, HandlerError> {
+    match status.as_u16() {
+        200..=299 => match serde_json::from_slice::<Value>(bytes) {
+            Ok(Value::Object(map)) => Ok(map),
+            Ok(Value::Null) | Err(_) if bytes.iter().all(u8::is_ascii_whitespace) => Ok(Variables::new()),
+            Ok(other) => Ok(json!({ "result": other }).as_object().cloned().unwrap_or_default()),
+            Err(_) => {
+                Err(HandlerError::business("INVALID_RESPONSE", "downstream answered 2xx with a body that is not JSON"))
+            }
+        },
+        400 | 404 | 422 => {
+            let message = business_message(bytes).unwrap_or_else(|| format!("downstream answered {status}"));
+            Err(HandlerError::business(format!("HTTP_{}", status.as_u16()), message))
+        }
+        408 | 429 | 500..=599 => Err(HandlerError::retryable(format!("downstream answered {status}"))),
+        _ => Err(HandlerError::business(format!("HTTP_{}", status.as_u16()), format!("downstream answered {status}"))),
+    }
+}
+
 /// A downstream's own error message, when its body carries one in a usual field.
-fn business_message(text: &str) -> Option<String> {
-    let v: Value = serde_json::from_str(text).ok()?;
+fn business_message(bytes: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(bytes).ok()?;
     ["error_message", "message", "error", "detail"]
         .iter()
         .find_map(|k| v.get(*k).and_then(Value::as_str))
         .map(|s| s.chars().take(500).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_answer_table_maps_statuses_and_bodies() {
+        let ok = map_answer(StatusCode::OK, br#"{"a":1}"#).expect("2xx object");
+        assert_eq!(ok.get("a"), Some(&json!(1)));
+        assert_eq!(map_answer(StatusCode::NO_CONTENT, b""), Ok(Variables::new()));
+        let wrapped = map_answer(StatusCode::OK, b"[1]").expect("2xx non-object");
+        assert_eq!(wrapped.get("result"), Some(&json!([1])));
+        let business = map_answer(StatusCode::UNPROCESSABLE_ENTITY, br#"{"message":"no such case"}"#);
+        assert_eq!(business, Err(HandlerError::business("HTTP_422", "no such case")));
+        assert!(matches!(map_answer(StatusCode::SERVICE_UNAVAILABLE, b""), Err(HandlerError::Retryable { .. })));
+        assert!(matches!(map_answer(StatusCode::OK, b"<html>"), Err(HandlerError::Business { .. })));
+    }
 }

@@ -2,6 +2,7 @@
 //! compiled in. It decides which topics exist and which code runs them; it does not run them
 //! (that is `dispatch`).
 
+mod h2c;
 mod handler;
 mod http_handler;
 mod nova_publicacao;
@@ -28,14 +29,16 @@ pub struct NativeDeps {
     pub database: mongodb::Database,
     /// For `http` handlers (HTTP/1.1, or HTTP/2 when TLS negotiates it).
     pub http: reqwest::Client,
-    /// For `http` handlers with `http2 = true`: HTTP/2 from the first byte.
+    /// For `http` handlers with `http2 = true` on an `https://` URL: HTTP/2 only (ALPN). On
+    /// `http://` such topics use their own lean HTTP/2 cleartext connection instead.
     pub http2: reqwest::Client,
 }
 
-/// Every topic this gateway serves, by name.
+/// Every topic this gateway serves, by name. Cheap to clone (shared): the HTTP layer's state
+/// holds one, and axum clones that state for every connection.
 #[derive(Clone, Default)]
 pub struct Registry {
-    topics: BTreeMap<String, Topic>,
+    topics: Arc<BTreeMap<String, Topic>>,
 }
 
 impl Registry {
@@ -55,14 +58,8 @@ impl Registry {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| SpecError { file: path.display().to_string(), message: e.to_string() })?;
             let spec = TopicSpec::parse(&path, &text, defaults)?;
-            let handler = build_handler(&spec, deps).ok_or_else(|| SpecError {
-                file: path.display().to_string(),
-                message: format!(
-                    "field `handler`: no native handler named {:?} (native: {})",
-                    spec.native.as_deref().unwrap_or(&spec.name),
-                    NATIVE.join(", ")
-                ),
-            })?;
+            let handler = build_handler(&spec, deps)
+                .map_err(|message| SpecError { file: path.display().to_string(), message })?;
             registry.insert(Topic { spec, handler }).map_err(|name| SpecError {
                 file: path.display().to_string(),
                 message: format!("field `name`: topic {name:?} is defined twice"),
@@ -80,7 +77,7 @@ impl Registry {
         if self.topics.contains_key(&name) {
             return Err(name);
         }
-        self.topics.insert(name, topic);
+        Arc::make_mut(&mut self.topics).insert(name, topic);
         Ok(())
     }
 
@@ -99,17 +96,22 @@ impl Registry {
 
 const NATIVE: &[&str] = &["say_hello", "nova_publicacao"];
 
-fn build_handler(spec: &TopicSpec, deps: &NativeDeps) -> Option<Arc<dyn Handler>> {
+/// The handler for a topic, or why there is none (the message names the field).
+fn build_handler(spec: &TopicSpec, deps: &NativeDeps) -> Result<Arc<dyn Handler>, String> {
     match spec.handler {
         HandlerKind::Http => {
-            let url = spec.url.clone()?;
+            let url = spec.url.clone().ok_or("field `url` is required when handler = \"http\"")?;
+            if spec.http2 && url::Url::parse(&url).is_ok_and(|u| u.scheme() == "http") {
+                let handler = HttpHandler::h2c(&url, spec.timeout()).map_err(|e| format!("field `url`: {e}"))?;
+                return Ok(Arc::new(handler));
+            }
             let client = if spec.http2 { &deps.http2 } else { &deps.http };
-            Some(Arc::new(HttpHandler::new(client.clone(), url, spec.timeout())))
+            Ok(Arc::new(HttpHandler::new(client.clone(), url, spec.timeout())))
         }
         HandlerKind::Native => match spec.native.as_deref().unwrap_or(&spec.name) {
-            "say_hello" => Some(Arc::new(SayHello)),
-            "nova_publicacao" => Some(Arc::new(NovaPublicacao::new(&deps.database))),
-            _ => None,
+            "say_hello" => Ok(Arc::new(SayHello)),
+            "nova_publicacao" => Ok(Arc::new(NovaPublicacao::new(&deps.database))),
+            other => Err(format!("field `handler`: no native handler named {other:?} (native: {})", NATIVE.join(", "))),
         },
     }
 }

@@ -90,8 +90,9 @@ pub struct TopicSpec {
     /// several topics.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub native: Option<String>,
-    /// `http` handler: the downstream speaks HTTP/2 over plain `http://` (h2c, prior knowledge),
-    /// so every concurrent call shares one connection. (`https://` negotiates HTTP/2 by itself.)
+    /// `http` handler: the downstream speaks HTTP/2. On `http://` that is h2c with prior
+    /// knowledge through the gateway's lean client, every concurrent call a stream on one shared
+    /// connection; on `https://` it is HTTP/2 negotiated by TLS (ALPN), through reqwest.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub http2: bool,
     /// Handler timeout in seconds.

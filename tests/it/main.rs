@@ -8,5 +8,6 @@ mod camunda;
 mod common;
 mod engine;
 mod helpers;
+mod http2;
 mod lifecycle;
 mod publishing;

@@ -1,0 +1,140 @@
+//! The first stage of a delivery: read the message, claim its task (adopting a task the store
+//! does not know yet), and hand back only the claimed task. Nothing parsed from the message
+//! outlives this stage, so none of it is held while the handler runs.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use super::{Dispatcher, Processed, StoreResult};
+
+use crate::{
+    batch::Coalescer,
+    domain::Submission,
+    store::{CamundaLink, InsertOutcome, NewTask, StoreError, TaskRecord, TaskSource, TaskStore, lease_for},
+    topics::Topic,
+};
+
+/// Claims by task id and lease, answered with the claimed record (if the claim took).
+pub(super) type ClaimWriter = Coalescer<(String, DateTime<Utc>), StoreResult<Option<Box<TaskRecord>>>>;
+
+/// Most claims written in one round trip.
+const CLAIM_BATCH_MAX: usize = 256;
+
+/// Claims in batches: one lease for the batch (the longest asked; a longer lease only delays
+/// the recovery of a crashed consumer), and a task asked for twice in one batch (a duplicate
+/// delivery) is handed to the first asker only. Records are boxed: each waiting claim's answer
+/// slot, and every future that passes the record on, then holds a pointer, not the record.
+pub(super) fn claim_writer(store: std::sync::Arc<dyn TaskStore>) -> ClaimWriter {
+    Coalescer::start(CLAIM_BATCH_MAX, move |batch: Vec<(String, DateTime<Utc>)>| {
+        let store = store.clone();
+        async move {
+            let lease = batch.iter().map(|(_, l)| *l).max().unwrap_or_else(Utc::now);
+            let mut ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
+            ids.dedup();
+            match store.claim_batch(ids, lease).await {
+                Ok(claimed) => {
+                    let mut by_id: HashMap<String, Box<TaskRecord>> =
+                        claimed.into_iter().map(|t| (t.task_id.clone(), Box::new(t))).collect();
+                    batch.iter().map(|(id, _)| Ok(by_id.remove(id))).collect()
+                }
+                Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
+            }
+        }
+    })
+}
+
+impl Dispatcher {
+    /// Parses a message body and claims its task; `Err` says why there is nothing to run.
+    pub(super) async fn take(&self, body: &[u8]) -> Result<(Box<TaskRecord>, &Topic), Processed> {
+        let submission = self.parse(body)?;
+        let span = tracing::Span::current();
+        span.record("task_id", submission.task_id.as_str());
+        span.record("topic", submission.topic.as_str());
+        let Some(topic) = self.registry.get(submission.topic.as_str()) else {
+            return Err(Processed::Invalid(format!("topic {:?} is not registered", submission.topic.as_str())));
+        };
+        let lease = Utc::now() + lease_for(topic.spec.timeout());
+        let task_id = submission.task_id.as_str();
+        let claimed = match self.patiently(|| self.claim(task_id, lease)).await {
+            None => return Err(Processed::Interrupted),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "claim failed");
+                return Err(Processed::Interrupted);
+            }
+            Some(Ok(c)) => c,
+        };
+        match claimed {
+            Some(task) => Ok((task, topic)),
+            // Boxed: adopting is rare, and inline it would size every claim's future.
+            None => match Box::pin(self.adopt(&submission, topic, lease)).await? {
+                Some(task) => Ok((task, topic)),
+                None => Err(Processed::Skipped),
+            },
+        }
+    }
+
+    /// The message as a submission. Not async, so the parsed JSON never sits in a future.
+    fn parse(&self, body: &[u8]) -> Result<Submission, Processed> {
+        let value: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| Processed::Invalid(format!("body is not JSON: {e}")))?;
+        Submission::parse(&value, &self.limits).map_err(|errors| {
+            let fields: Vec<String> = errors.iter().map(|e| format!("{} {}", e.field, e.message)).collect();
+            Processed::Invalid(format!("not a valid submission: {}", fields.join("; ")))
+        })
+    }
+
+    /// A message for a task the store does not know: a worker published straight to the
+    /// exchange. Store it (idempotently) and claim it.
+    async fn adopt(
+        &self,
+        submission: &Submission,
+        topic: &Topic,
+        lease: DateTime<Utc>,
+    ) -> Result<Option<Box<TaskRecord>>, Processed> {
+        // The message in hand is the publish; the relay only steps in if it is lost.
+        let publish_due = Utc::now() + lease_for(topic.spec.timeout());
+        let new = NewTask {
+            submission: submission.clone(),
+            max_attempts: topic.spec.retry.max_attempts,
+            source: TaskSource::Amqp,
+            camunda: if self.reporter.is_some() { CamundaLink::pending() } else { CamundaLink::not_applicable() },
+            publish_due_at: Some(publish_due),
+        };
+        let inserted = match self.patiently(|| self.store.insert(new.clone())).await {
+            None => return Err(Processed::Interrupted),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "storing a direct submission failed");
+                return Err(Processed::Interrupted);
+            }
+            Some(Ok(i)) => i,
+        };
+        match inserted {
+            InsertOutcome::Conflict(_) => {
+                return Err(Processed::Invalid("a task with this id exists with a different body".into()));
+            }
+            InsertOutcome::Existing(_) => return Ok(None),
+            InsertOutcome::Created(_) => {
+                let labels = crate::metrics::SubmitLabels {
+                    topic: submission.topic.as_str().to_owned(),
+                    result: "created".to_owned(),
+                };
+                self.metrics.submits.get_or_create(&labels).inc();
+            }
+        }
+        let task_id = submission.task_id.as_str();
+        match self.patiently(|| self.claim(task_id, lease)).await {
+            Some(Ok(task)) => {
+                // The message in hand serves as the publish.
+                let _ = self.store.publish_confirmed(task_id, publish_due).await;
+                Ok(task)
+            }
+            None | Some(Err(_)) => Err(Processed::Interrupted),
+        }
+    }
+
+    async fn claim(&self, task_id: &str, lease: DateTime<Utc>) -> StoreResult<Option<Box<TaskRecord>>> {
+        let stopped = || StoreError::Unavailable("claim writer stopped".into());
+        self.claims.call((task_id.to_owned(), lease)).await.unwrap_or_else(|| Err(stopped()))
+    }
+}
