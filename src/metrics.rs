@@ -66,6 +66,11 @@ impl Metrics {
         Self { registry: Arc::new(registry), submits, outcomes, handler_duration, in_flight, publish_failures }
     }
 
+    /// Counts one accepted submission of `topic`; `result` is `created` or `existing`.
+    pub fn submitted(&self, topic: &str, result: &str) {
+        self.submits.get_or_create(&SubmitLabels { topic: topic.to_owned(), result: result.to_owned() }).inc();
+    }
+
     pub fn topic(topic: &str) -> TopicLabel {
         TopicLabel { topic: topic.to_owned() }
     }

@@ -2,7 +2,7 @@
 //! does not know yet), and hand back only the claimed task. Nothing parsed from the message
 //! outlives this stage, so none of it is held while the handler runs.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, future::Future};
 
 use chrono::{DateTime, Utc};
 
@@ -56,15 +56,7 @@ impl Dispatcher {
         };
         let lease = Utc::now() + lease_for(topic.spec.timeout());
         let task_id = submission.task_id.as_str();
-        let claimed = match self.patiently(|| self.claim(task_id, lease)).await {
-            None => return Err(Processed::Interrupted),
-            Some(Err(e)) => {
-                tracing::error!(error = %e, "claim failed");
-                return Err(Processed::Interrupted);
-            }
-            Some(Ok(c)) => c,
-        };
-        match claimed {
+        match self.needed("claim", || self.claim(task_id, lease)).await? {
             Some(task) => Ok((task, topic)),
             // Boxed: adopting is rare, and inline it would size every claim's future.
             None => match Box::pin(self.adopt(&submission, topic, lease)).await? {
@@ -101,26 +93,12 @@ impl Dispatcher {
             camunda: if self.reporter.is_some() { CamundaLink::pending() } else { CamundaLink::not_applicable() },
             publish_due_at: Some(publish_due),
         };
-        let inserted = match self.patiently(|| self.store.insert(new.clone())).await {
-            None => return Err(Processed::Interrupted),
-            Some(Err(e)) => {
-                tracing::error!(error = %e, "storing a direct submission failed");
-                return Err(Processed::Interrupted);
-            }
-            Some(Ok(i)) => i,
-        };
-        match inserted {
+        match self.needed("storing a direct submission", || self.store.insert(new.clone())).await? {
             InsertOutcome::Conflict(_) => {
                 return Err(Processed::Invalid("a task with this id exists with a different body".into()));
             }
             InsertOutcome::Existing(_) => return Ok(None),
-            InsertOutcome::Created(_) => {
-                let labels = crate::metrics::SubmitLabels {
-                    topic: submission.topic.as_str().to_owned(),
-                    result: "created".to_owned(),
-                };
-                self.metrics.submits.get_or_create(&labels).inc();
-            }
+            InsertOutcome::Created(_) => self.metrics.submitted(submission.topic.as_str(), "created"),
         }
         let task_id = submission.task_id.as_str();
         match self.patiently(|| self.claim(task_id, lease)).await {
@@ -130,6 +108,23 @@ impl Dispatcher {
                 Ok(task)
             }
             None | Some(Err(_)) => Err(Processed::Interrupted),
+        }
+    }
+
+    /// A store step the delivery cannot go on without: an outage is waited out; if the gateway
+    /// stops meanwhile, or the store refuses, the message goes back to the queue.
+    async fn needed<T, F, Fut>(&self, step: &'static str, op: F) -> Result<T, Processed>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = StoreResult<T>>,
+    {
+        match self.patiently(op).await {
+            None => Err(Processed::Interrupted),
+            Some(Err(error)) => {
+                tracing::error!(%error, step, "store step failed; the message goes back to the queue");
+                Err(Processed::Interrupted)
+            }
+            Some(Ok(value)) => Ok(value),
         }
     }
 

@@ -132,11 +132,7 @@ pub async fn submit(
     let task_id = submission.task_id.to_string();
     match state.intake.submit(new).await? {
         InsertOutcome::Created(task) => {
-            state
-                .metrics
-                .submits
-                .get_or_create(&crate::metrics::SubmitLabels { topic: task.topic.clone(), result: "created".into() })
-                .inc();
+            state.metrics.submitted(&task.topic, "created");
             // Stored; the intake publishes it next, and the relay does if that publish fails.
             tracing::info!("task submitted");
             Ok(Json(SubmitResponse {
@@ -147,11 +143,7 @@ pub async fn submit(
             }))
         }
         InsertOutcome::Existing(task) => {
-            state
-                .metrics
-                .submits
-                .get_or_create(&crate::metrics::SubmitLabels { topic: task.topic.clone(), result: "existing".into() })
-                .inc();
+            state.metrics.submitted(&task.topic, "existing");
             Ok(Json(SubmitResponse {
                 status: "submitted",
                 task_id,
