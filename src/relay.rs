@@ -1,5 +1,5 @@
 //! The relay makes the system self-healing, with MongoDB as the outbox: it publishes tasks whose
-//! publish was never confirmed (a batch's unsettled publish debt passes to its tasks when it
+//! publish was never confirmed (a publish window's unsettled debt passes to its tasks when it
 //! falls due) and retries whose time has come (each task carries its own due
 //! time, so a 1 s retry never waits behind a 60 s one), and takes back expired processing leases.
 //! Safe with several replicas: a publish is taken by one conditional update before it is sent.
@@ -104,7 +104,7 @@ pub struct Relay {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SweepReport {
     pub leases_expired: u64,
-    /// Tasks whose batch's publish debt fell due unsettled, now owing their own publish.
+    /// Tasks whose publish window's debt fell due unsettled, now owing their own publish.
     pub debts_passed_on: u64,
     pub published: u64,
     pub publish_failed: u64,

@@ -126,7 +126,7 @@ pub async fn submit(
         max_attempts: topic.spec.retry.max_attempts,
         source: TaskSource::Http,
         camunda: if state.camunda.is_some() { CamundaLink::pending() } else { CamundaLink::not_applicable() },
-        // The intake writes the batch's publish debt.
+        // The intake's publish window owes this task's publish.
         publish_due_at: None,
     };
     let task_id = submission.task_id.to_string();

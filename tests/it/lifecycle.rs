@@ -79,7 +79,7 @@ async fn a_business_error_fails_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_past_its_timeout_is_retried() {
-    // Nothing listens on this port's accept queue fast enough? No: use a socket that accepts and never answers.
+    // A socket that accepts the connection and never answers.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://127.0.0.1:{}/", silent.local_addr().expect("addr").port());
     let app = spawn_app_with(with_topic("slow", http_topic(&url, 2, 1))).await;
