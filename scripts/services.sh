@@ -10,7 +10,7 @@
 #   RabbitMQ    Debian's rabbitmq-server (3.10), 127.0.0.1:5672, guest/guest
 #   SecantusDB  MongoDB-compatible server from PyPI, in .services/venv,
 #               127.0.0.1:$SERVICES_MONGO_PORT (default 27017)
-#   Camunda     not yet: see the placeholder section below
+#   Camunda     7.24 test engine built with Maven from tests/camunda-engine/
 #
 # Everything this script creates lives under $REPO/.services/ (git-ignored),
 # except RabbitMQ's own state, which the Debian package keeps in
@@ -42,6 +42,16 @@ SECANTUS_LOG="$SERVICES_DIR/secantus.log"
 SECANTUS_DATA="$SERVICES_DIR/mongo-data"
 SECANTUS_CONFIG="$SERVICES_DIR/secantusd.toml"
 SECANTUS_START_TIMEOUT=60
+# The oplog. SecantusDB's defaults (100 000 entries, 1 h) are tiny next to mongod's (5 % of the
+# disk, at least 990 MB), and it prunes inline: after every 1 000 entries, the write that made
+# them deletes every entry over the cap or older than the retention. Once 100 000 documents
+# have been written (one benchmark run writes more), that stalls the server for 30-55 ms every
+# 1 000 documents; and after an idle hour, its code deletes everything older in one go.
+# 2 000 000 entries is about mongod's smallest oplog at our task sizes (~500 B an entry, ~1 GB
+# on disk); the count, not the clock, bounds it.
+# docs/performance.md, finding 6, has the measurements.
+SECANTUS_OPLOG_MAX_ENTRIES=2000000
+SECANTUS_OPLOG_RETENTION_SECONDS=$((30 * 24 * 3600))
 
 # --- RabbitMQ settings ------------------------------------------------------
 RABBIT_HOST=127.0.0.1
@@ -313,6 +323,8 @@ secantus_up() {
                 --port "$MONGO_PORT" \
                 --storage-path "$SECANTUS_DATA" \
                 --enable-test-commands \
+                --oplog-max-entries "$SECANTUS_OPLOG_MAX_ENTRIES" \
+                --oplog-retention-seconds "$SECANTUS_OPLOG_RETENTION_SECONDS" \
                 </dev/null >>"$SECANTUS_LOG" 2>&1
         ) &
         pid=$!

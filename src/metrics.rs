@@ -41,6 +41,10 @@ pub struct Metrics {
     pub handler_duration: Family<TopicLabel, Histogram, fn() -> Histogram>,
     pub in_flight: Family<TopicLabel, Gauge>,
     pub publish_failures: Family<TopicLabel, Counter>,
+    /// Tasks per `insert_many` the intake wrote (group commit at work).
+    pub intake_batch_size: Histogram,
+    /// How long the store took to answer one intake batch.
+    pub intake_batch_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -58,12 +62,25 @@ impl Metrics {
             Family::<TopicLabel, Histogram, fn() -> Histogram>::new_with_constructor(duration_histogram);
         let in_flight = Family::<TopicLabel, Gauge>::default();
         let publish_failures = Family::<TopicLabel, Counter>::default();
+        let intake_batch_size = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]);
+        let intake_batch_seconds = duration_histogram();
         registry.register("task_submits", "Accepted task submissions", submits.clone());
         registry.register("task_outcomes", "Handler attempt outcomes", outcomes.clone());
         registry.register("handler_duration_seconds", "Handler run time per attempt", handler_duration.clone());
         registry.register("tasks_in_flight", "Handlers running now", in_flight.clone());
         registry.register("publish_failures", "Publishes not confirmed by the broker", publish_failures.clone());
-        Self { registry: Arc::new(registry), submits, outcomes, handler_duration, in_flight, publish_failures }
+        registry.register("intake_batch_size", "Tasks stored per intake batch", intake_batch_size.clone());
+        registry.register("intake_batch_seconds", "Store time per intake batch", intake_batch_seconds.clone());
+        Self {
+            registry: Arc::new(registry),
+            submits,
+            outcomes,
+            handler_duration,
+            in_flight,
+            publish_failures,
+            intake_batch_size,
+            intake_batch_seconds,
+        }
     }
 
     /// Counts one accepted submission of `topic`; `result` is `created` or `existing`.

@@ -58,6 +58,9 @@ async fn resubmitting_the_same_task_is_idempotent_and_a_different_body_conflicts
     let metrics = app.get("/metrics").await.text().await.unwrap_or_default();
     assert!(metrics.contains(r#"gateway_task_submits_total{topic="say_hello",result="created"} 1"#), "{metrics}");
     assert!(metrics.contains(r#"gateway_task_submits_total{topic="say_hello",result="existing"} 1"#), "{metrics}");
+    // Three submissions, one after another: three intake batches of one, each timed.
+    assert!(metrics.contains("gateway_intake_batch_size_sum 3.0\ngateway_intake_batch_size_count 3\n"), "{metrics}");
+    assert!(metrics.contains("gateway_intake_batch_seconds_count 3\n"), "{metrics}");
     app.cleanup().await;
 }
 
