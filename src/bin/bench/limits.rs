@@ -2,6 +2,8 @@
 //! gateway uses: MongoDB inserts of task-shaped documents into a collection with the gateway's
 //! own indexes (one per call, and batches per call), and RabbitMQ publishes of persistent
 //! messages into a durable quorum queue with publisher confirms, many confirms outstanding.
+//! Beside them, the store's own ceiling for a task's life: the gateway's store calls alone
+//! (insert, claim, finish, batched), with no HTTP, broker or handler in between.
 
 use std::time::{Duration, Instant};
 
@@ -117,4 +119,78 @@ pub async fn rabbit_confirmed(url: &str, queue: &str, window: usize, duration: D
     channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await?;
     let _ = conn.close(200, "bench done".into()).await;
     Ok(rate)
+}
+
+/// Tasks per second through the three writes of a task's life, made by the gateway's own store
+/// calls in batches of `batch`: `insert_batch`, `claim_batch`, `finish_batch` (a `say_hello`
+/// success with its step), one batch after another, for `duration`. What the end-to-end figure
+/// would be if HTTP, RabbitMQ and the handler cost nothing.
+pub async fn store_lifecycle(
+    db: mongodb::Database,
+    prefix: &str,
+    batch: usize,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    use worker_api_gateway::{
+        domain::{Limits, Submission},
+        store::{AttemptOutcome, CamundaLink, Finish, Finished, MongoStore, NewTask, TaskSource, TaskStore},
+        topics::ProcessingStep,
+    };
+    let store = MongoStore::new(db);
+    let started = Instant::now();
+    let mut done = 0usize;
+    while started.elapsed() < duration {
+        let ids: Vec<String> = (done..done + batch).map(|i| format!("{prefix}-{i}")).collect();
+        let mut tasks = Vec::with_capacity(batch);
+        for id in &ids {
+            let body = serde_json::json!({"task_id": id, "worker_id": "bench", "topic": "say_hello",
+                "variables": {"name": id}});
+            let submission = Submission::parse(&body, &Limits::default())
+                .map_err(|errors| anyhow::anyhow!("bench submission refused: {errors:?}"))?;
+            tasks.push(NewTask {
+                submission,
+                max_attempts: 3,
+                source: TaskSource::Http,
+                camunda: CamundaLink::not_applicable(),
+                publish_due_at: None,
+            });
+        }
+        for outcome in store.insert_batch(tasks, chrono::Utc::now()).await {
+            outcome.map_err(|e| anyhow::anyhow!("insert_batch: {e}"))?;
+        }
+        let lease_until = chrono::Utc::now() + chrono::Duration::seconds(60);
+        let claimed = store.claim_batch(ids, lease_until).await.map_err(|e| anyhow::anyhow!("claim_batch: {e}"))?;
+        if claimed.len() != batch {
+            bail!("claim_batch claimed {} of {batch}", claimed.len());
+        }
+        let finishes = claimed
+            .iter()
+            .map(|task| Finish {
+                task_id: task.task_id.clone(),
+                attempt: task.attempts,
+                elapsed_ms: 0,
+                steps: vec![ProcessingStep {
+                    step: "build_greeting".into(),
+                    status: "completed".into(),
+                    at: chrono::Utc::now(),
+                    detail: None,
+                }],
+                outcome: AttemptOutcome::Succeeded {
+                    result: serde_json::json!({"greeting": format!("Hello, {}!", task.task_id)})
+                        .as_object()
+                        .cloned()
+                        .unwrap_or_default(),
+                },
+                read_back: false,
+            })
+            .collect();
+        for finished in store.finish_batch(finishes).await {
+            match finished.map_err(|e| anyhow::anyhow!("finish_batch: {e}"))? {
+                Finished::Written(_) => {}
+                Finished::Missed => bail!("finish_batch missed a task it had claimed"),
+            }
+        }
+        done += batch;
+    }
+    Ok(done as f64 / started.elapsed().as_secs_f64())
 }

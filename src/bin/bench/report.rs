@@ -14,6 +14,7 @@ pub enum M {
     MongoBatchN,
     MongoBatch,
     RabbitPublish,
+    StoreLifecycle,
     SubmitPeak,
     SubmitPeakP50,
     SubmitPeakP99,
@@ -33,12 +34,13 @@ pub enum M {
     RssInFlightPeak,
     RatioSubmitBatch,
     RatioE2eBatch,
+    RatioE2eStore,
     RatioSubmitSingle,
     RatioSubmitPublish,
     LoadAvg,
 }
 
-const ALL: [M; 29] = [
+const ALL: [M; 31] = [
     M::MongoSingle1,
     M::MongoSingleN,
     M::MongoSingle,
@@ -46,6 +48,7 @@ const ALL: [M; 29] = [
     M::MongoBatchN,
     M::MongoBatch,
     M::RabbitPublish,
+    M::StoreLifecycle,
     M::SubmitPeak,
     M::SubmitPeakP50,
     M::SubmitPeakP99,
@@ -65,6 +68,7 @@ const ALL: [M; 29] = [
     M::RssInFlightPeak,
     M::RatioSubmitBatch,
     M::RatioE2eBatch,
+    M::RatioE2eStore,
     M::RatioSubmitSingle,
     M::RatioSubmitPublish,
     M::LoadAvg,
@@ -102,6 +106,9 @@ fn describe(m: M, p: &Plan) -> (String, &'static str, usize, Target) {
             0,
             Target::None,
         ),
+        M::StoreLifecycle => {
+            (format!("store alone: insert, claim and finish, batches of {BATCH}"), "tasks/s", 0, Target::None)
+        }
         M::SubmitPeak => (format!("gateway submit throughput, {c} connections"), "req/s", 0, Target::None),
         M::SubmitPeakP50 => ("  submit latency p50 at that load".into(), "ms", 1, Target::None),
         M::SubmitPeakP99 => ("  submit latency p99 at that load".into(), "ms", 1, Target::None),
@@ -121,6 +128,7 @@ fn describe(m: M, p: &Plan) -> (String, &'static str, usize, Target) {
         M::RssInFlightPeak => ("  peak RSS up to then".into(), "MiB", 1, Target::None),
         M::RatioSubmitBatch => ("ratio: submit / batched-insert limit".into(), "", 2, Target::AtLeast(0.80)),
         M::RatioE2eBatch => ("ratio: end-to-end / batched-insert limit".into(), "", 2, Target::AtLeast(0.50)),
+        M::RatioE2eStore => ("ratio: end-to-end / store alone".into(), "", 2, Target::None),
         M::RatioSubmitSingle => ("ratio: submit / single-insert limit".into(), "", 2, Target::None),
         M::RatioSubmitPublish => ("ratio: submit / confirmed-publish limit".into(), "", 2, Target::None),
         M::LoadAvg => ("machine load average (1 min) at the end of the run".into(), "", 2, Target::None),
@@ -139,6 +147,7 @@ fn derive_ratios(run: &mut Run) {
     let pairs = [
         (M::RatioSubmitBatch, M::SubmitPeak, M::MongoBatch),
         (M::RatioE2eBatch, M::E2eRate, M::MongoBatch),
+        (M::RatioE2eStore, M::E2eRate, M::StoreLifecycle),
         (M::RatioSubmitSingle, M::SubmitPeak, M::MongoSingle),
         (M::RatioSubmitPublish, M::SubmitPeak, M::RabbitPublish),
     ];

@@ -42,6 +42,10 @@ pub async fn limits(ctx: &Ctx, run: &mut Run, tag: &str) -> anyhow::Result<()> {
         eprintln!("[bench] MongoDB inserts, {concurrency} concurrent, {batch} per call: {rate:.0} docs/s");
         run.insert(figure, rate);
     }
+    let lifecycle =
+        limits::store_lifecycle(ctx.mongo.database(&database), &format!("{tag}-life"), BATCH, p.limit_duration).await?;
+    eprintln!("[bench] store alone, insert + claim + finish in batches of {BATCH}: {lifecycle:.0} tasks/s");
+    run.insert(M::StoreLifecycle, lifecycle);
     // Leave the server as small as it was for the gateway phases.
     ctx.mongo.database(&database).drop().await?;
     let queue = ctx.name(&format!("{tag}_publish"));
