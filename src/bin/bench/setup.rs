@@ -20,7 +20,7 @@ use worker_api_gateway::broker::Topology;
 pub struct Plan {
     pub smoke: bool,
     pub runs: usize,
-    /// Length of each raw-limit measurement.
+    /// Length of the RabbitMQ limit measurement (the MongoDB ones last as long as the wrk load).
     pub limit_duration: Duration,
     /// Concurrent `insert_one` loops, besides 1 (the gateway's pool is 10 connections; SecantusDB
     /// gets slower, not faster, with many).
