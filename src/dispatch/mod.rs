@@ -17,7 +17,7 @@ mod record;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -70,6 +70,9 @@ type StoreResult<T> = Result<T, StoreError>;
 
 /// Most attempt ends written in one round trip.
 const FINISH_BATCH_MAX: usize = 256;
+
+/// Store calls at once when shutdown gives back the attempts still running.
+const RELEASE_CONCURRENCY: usize = 16;
 
 impl Dispatcher {
     pub fn new(
@@ -161,17 +164,39 @@ impl Dispatcher {
     }
 
     /// Shutdown, after the grace period: attempts still running are given back (retrying, due
-    /// now) so another gateway takes them at once instead of after their lease.
+    /// now) so another gateway takes them at once instead of after their lease. Several at a
+    /// time: with thousands in flight, one after another would outlast any stop timeout (an
+    /// attempt not given back is still safe; its lease expires).
     pub async fn release_in_flight(&self) {
         let running: Vec<(String, u32)> =
             self.in_flight.lock().map(|set| set.iter().cloned().collect()).unwrap_or_default();
-        for (task_id, attempt) in running {
-            match self.store.release(&task_id, attempt).await {
-                Ok(true) => tracing::warn!(%task_id, attempt, "released an unfinished attempt at shutdown"),
+        if running.is_empty() {
+            return;
+        }
+        let total = running.len();
+        let outcomes: Vec<_> = futures::stream::iter(running)
+            .map(|(task_id, attempt)| async move {
+                let outcome = self.store.release(&task_id, attempt).await;
+                (task_id, attempt, outcome)
+            })
+            .buffer_unordered(RELEASE_CONCURRENCY)
+            .collect()
+            .await;
+        let (mut released, mut failed) = (0usize, 0usize);
+        for (task_id, attempt, outcome) in outcomes {
+            match outcome {
+                Ok(true) => {
+                    released += 1;
+                    tracing::info!(%task_id, attempt, "released an unfinished attempt at shutdown");
+                }
                 Ok(false) => {}
-                Err(error) => tracing::warn!(%error, %task_id, "could not release an attempt; its lease will expire"),
+                Err(error) => {
+                    failed += 1;
+                    tracing::warn!(%error, %task_id, "could not release an attempt; its lease will expire");
+                }
             }
         }
+        tracing::warn!(running = total, released, failed, "shutdown: gave back the attempts still running");
     }
 }
 

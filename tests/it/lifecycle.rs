@@ -192,7 +192,7 @@ fn a_bad_setting_stops_start_up_naming_the_variable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_gives_back_an_attempt_that_outlives_the_grace_period() {
+async fn shutdown_gives_back_the_attempts_that_outlive_the_grace_period() {
     let down = crate::helpers::downstream_with(vec![200], Duration::from_secs(10), None).await;
     let mut app = spawn_app_with(AppOptions {
         topics: vec![("lingering".into(), http_topic(&down.url, 3, 60))],
@@ -200,17 +200,26 @@ async fn shutdown_gives_back_an_attempt_that_outlives_the_grace_period() {
         ..Default::default()
     })
     .await;
-    app.submit(&body("linger-1", "lingering", json!({}))).await;
+    // Three at once (the topic's concurrency is 4): shutdown gives each back.
+    let ids = ["linger-1", "linger-2", "linger-3"];
+    for id in ids {
+        app.submit(&body(id, "lingering", json!({}))).await;
+    }
     // A slow handler's progress shows while it runs.
-    let path = "/tasks/linger-1/status";
-    let running = app.wait_for("progress while running", WAIT, |v| v["substatus"] == "calling_downstream", path).await;
-    assert_eq!(running["status"], "processing");
-    assert_eq!(running["metadata"]["processing_steps"][0]["status"], "started", "{running}");
+    for id in ids {
+        let path = format!("/tasks/{id}/status");
+        let running =
+            app.wait_for("progress while running", WAIT, |v| v["substatus"] == "calling_downstream", &path).await;
+        assert_eq!(running["status"], "processing");
+        assert_eq!(running["metadata"]["processing_steps"][0]["status"], "started", "{running}");
+    }
     app.stop().await;
-    // Not stuck in processing until its 90 s lease runs out: back to retrying, due now.
-    let task = app.status_from_store("linger-1").await;
-    assert_eq!((task.status.as_str(), task.attempts), ("retrying", 1), "{task:?}");
-    assert!(task.error_message.unwrap_or_default().contains("shut down"));
+    // Not stuck in processing until their 90 s lease runs out: back to retrying, due now.
+    for id in ids {
+        let task = app.status_from_store(id).await;
+        assert_eq!((task.status.as_str(), task.attempts), ("retrying", 1), "{task:?}");
+        assert!(task.error_message.unwrap_or_default().contains("shut down"));
+    }
     let reuse = Some((app.database.clone(), app.exchange.clone()));
     let fast = downstream(vec![200]).await;
     let next = spawn_app_with(AppOptions {
@@ -219,8 +228,10 @@ async fn shutdown_gives_back_an_attempt_that_outlives_the_grace_period() {
         ..Default::default()
     })
     .await;
-    let done = next.wait_status("linger-1", "succeeded", WAIT).await;
-    assert_eq!(done["attempts"], 2);
+    for id in ids {
+        let done = next.wait_status(id, "succeeded", WAIT).await;
+        assert_eq!(done["attempts"], 2);
+    }
     next.cleanup().await;
 }
 
