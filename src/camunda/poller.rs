@@ -148,10 +148,12 @@ impl Poller {
         }
     }
 
-    /// Extends the lock of every unfinished pulled task when half its lock has run out.
+    /// Extends the lock of every unfinished pulled task when half its lock has run out. It looks
+    /// every eighth of the shortest lock, so a lock is seen with at least three eighths left: room
+    /// for a slow store or a slow Camunda before it lapses.
     async fn keep_locks(self, topics: Vec<(String, Duration)>, cancel: CancellationToken) {
         let shortest = topics.iter().map(|(_, d)| *d).min().unwrap_or(Duration::from_secs(60));
-        let tick = (shortest / 4).max(Duration::from_millis(250));
+        let tick = (shortest / 8).max(Duration::from_millis(250));
         loop {
             tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(tick) => {} }
             let horizon = Utc::now() + chrono::Duration::from_std(shortest / 2).unwrap_or_default();
@@ -164,9 +166,12 @@ impl Poller {
             };
             for task in expiring {
                 let lock = topics.iter().find(|(n, _)| *n == task.topic).map(|(_, d)| *d).unwrap_or(shortest);
+                // Camunda starts the new lock when it takes the request, so it runs out no sooner
+                // than this; writing down a later time could let it lapse unseen.
+                let asked = Utc::now();
                 match self.client.extend_lock(&task.task_id, &task.worker_id, lock).await {
                     Ok(()) => {
-                        let until = Utc::now() + chrono::Duration::from_std(lock).unwrap_or_default();
+                        let until = asked + chrono::Duration::from_std(lock).unwrap_or_default();
                         let _ = self.store.set_lock_expiry(&task.task_id, until).await;
                     }
                     Err(error) => tracing::warn!(%error, task_id = %task.task_id, "could not extend a lock"),
