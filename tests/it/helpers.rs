@@ -235,6 +235,14 @@ pub struct Downstream {
     pub http2_calls: std::sync::Arc<AtomicU32>,
 }
 
+/// A local socket that accepts connections and never answers, and its URL. Drop the listener to
+/// make the URL refuse connections instead.
+pub async fn silent_downstream() -> (tokio::net::TcpListener, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://127.0.0.1:{}/", listener.local_addr().expect("addr").port());
+    (listener, url)
+}
+
 pub async fn downstream(script: Vec<u16>) -> Downstream {
     downstream_with(script, Duration::ZERO, None).await
 }

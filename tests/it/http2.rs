@@ -6,7 +6,7 @@ use std::{sync::atomic::Ordering, time::Duration};
 
 use serde_json::json;
 
-use crate::helpers::{AppOptions, body, downstream, http_topic, spawn_app_with};
+use crate::helpers::{AppOptions, body, downstream, http_topic, silent_downstream, spawn_app_with};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -19,8 +19,7 @@ async fn an_h2c_topic_maps_answers_like_any_http_topic() {
     let ok = downstream(vec![200]).await;
     let strict = downstream(vec![422]).await;
     let busy = downstream(vec![503]).await;
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let refused = format!("http://127.0.0.1:{}/", closed.local_addr().expect("addr").port());
+    let (closed, refused) = silent_downstream().await;
     drop(closed);
     let topics = vec![
         ("h2ok".into(), h2_topic(&ok.url, 1)),
@@ -61,8 +60,7 @@ async fn an_h2c_topic_maps_answers_like_any_http_topic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2c_downstream_that_never_answers_times_out_and_is_retried() {
     // Accepts the connection and never speaks: the HTTP/2 handshake itself hangs.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://127.0.0.1:{}/", silent.local_addr().expect("addr").port());
+    let (silent, url) = silent_downstream().await;
     let topic = http_topic(&url, 2, 1).replace("concurrency = 4\n", "concurrency = 4\nhttp2 = true\n");
     let app = spawn_app_with(AppOptions { topics: vec![("h2slow".into(), topic)], ..Default::default() }).await;
     app.submit(&body("h2slow-1", "h2slow", json!({}))).await;

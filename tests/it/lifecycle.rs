@@ -8,7 +8,7 @@ use chrono::Utc;
 use serde_json::json;
 use worker_api_gateway::store::{MongoStore, TaskStore};
 
-use crate::helpers::{AppOptions, body, downstream, http_topic, spawn_app_with};
+use crate::helpers::{AppOptions, body, downstream, http_topic, silent_downstream, spawn_app_with};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -80,8 +80,7 @@ async fn a_business_error_fails_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_past_its_timeout_is_retried() {
     // A socket that accepts the connection and never answers.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://127.0.0.1:{}/", silent.local_addr().expect("addr").port());
+    let (silent, url) = silent_downstream().await;
     let app = spawn_app_with(with_topic("slow", http_topic(&url, 2, 1))).await;
     app.submit(&body("slow-1", "slow", json!({}))).await;
     let task = app.wait_status("slow-1", "failed", WAIT).await;
