@@ -111,6 +111,16 @@ pub struct CamundaSettings {
     pub worker_id: String,
 }
 
+/// What `POST /tasks/submit` does with a submission that fails validation (`INVALID_SUBMISSIONS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InvalidSubmissions {
+    /// Answer 400/422 with every offending field.
+    #[default]
+    Reject,
+    /// Answer 200 and store a `failed` task whose error says why (when its ids are usable).
+    Record,
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// `HOST` (0.0.0.0): address to bind.
@@ -135,7 +145,11 @@ pub struct Settings {
     pub topics_dir: PathBuf,
     /// `STATUS_LABELS` (english): english | seed.
     pub status_labels: StatusLabels,
-    /// `MAX_ID_LENGTH` (128), `MAX_VARIABLES` (100), `MAX_VARIABLE_DEPTH` (10), `MAX_STRING_LENGTH` (65536).
+    /// `INVALID_SUBMISSIONS` (reject): reject answers an invalid submission 4xx; record answers
+    /// 200 and stores it as a `failed` task saying why, for worker fleets (the seed's) that read
+    /// every non-200 as an outage.
+    pub invalid_submissions: InvalidSubmissions,
+    /// `MAX_ID_LENGTH` (128), `MAX_VARIABLES` (1000), `MAX_VARIABLE_DEPTH` (10), `MAX_STRING_LENGTH` (65536).
     pub limits: Limits,
     /// `MAX_BODY_BYTES` (1 MiB): larger request bodies get 413.
     pub max_body_bytes: usize,
@@ -236,9 +250,14 @@ impl Settings {
                 "seed" => Some(StatusLabels::Seed),
                 _ => None,
             })?,
+            invalid_submissions: r.parse_or("INVALID_SUBMISSIONS", InvalidSubmissions::Reject, |s| match s {
+                "reject" => Some(InvalidSubmissions::Reject),
+                "record" => Some(InvalidSubmissions::Record),
+                _ => None,
+            })?,
             limits: Limits {
                 max_id_length: r.parse_or("MAX_ID_LENGTH", 128, positive_usize)?,
-                max_variables: r.parse_or("MAX_VARIABLES", 100, positive_usize)?,
+                max_variables: r.parse_or("MAX_VARIABLES", Limits::default().max_variables, positive_usize)?,
                 max_depth: r.parse_or("MAX_VARIABLE_DEPTH", 10, positive_usize)?,
                 max_string_length: r.parse_or("MAX_STRING_LENGTH", 65_536, positive_usize)?,
             },

@@ -28,6 +28,13 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReportLabels {
+    pub topic: String,
+    /// "reported", "completed_elsewhere", "report_failed" or "retry"
+    pub outcome: String,
+}
+
 fn duration_histogram() -> Histogram {
     Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0])
 }
@@ -45,6 +52,8 @@ pub struct Metrics {
     pub intake_batch_size: Histogram,
     /// How long the store took to answer one intake batch.
     pub intake_batch_seconds: Histogram,
+    /// What became of each attempt to report a final outcome to Camunda.
+    pub camunda_reports: Family<ReportLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -64,6 +73,7 @@ impl Metrics {
         let publish_failures = Family::<TopicLabel, Counter>::default();
         let intake_batch_size = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]);
         let intake_batch_seconds = duration_histogram();
+        let camunda_reports = Family::<ReportLabels, Counter>::default();
         registry.register("task_submits", "Accepted task submissions", submits.clone());
         registry.register("task_outcomes", "Handler attempt outcomes", outcomes.clone());
         registry.register("handler_duration_seconds", "Handler run time per attempt", handler_duration.clone());
@@ -71,6 +81,7 @@ impl Metrics {
         registry.register("publish_failures", "Publishes not confirmed by the broker", publish_failures.clone());
         registry.register("intake_batch_size", "Tasks stored per intake batch", intake_batch_size.clone());
         registry.register("intake_batch_seconds", "Store time per intake batch", intake_batch_seconds.clone());
+        registry.register("camunda_reports", "Attempts to report a final outcome to Camunda", camunda_reports.clone());
         Self {
             registry: Arc::new(registry),
             submits,
@@ -80,6 +91,7 @@ impl Metrics {
             publish_failures,
             intake_batch_size,
             intake_batch_seconds,
+            camunda_reports,
         }
     }
 

@@ -66,7 +66,8 @@ impl Application {
             }
             None => None,
         };
-        let reporter = camunda.clone().map(|client| Reporter::new(client, store.clone(), registry.clone()));
+        let reporter =
+            camunda.clone().map(|client| Reporter::new(client, store.clone(), registry.clone(), metrics.clone()));
         if let Some(reporter) = &reporter {
             dispatcher = dispatcher.with_reporter(reporter.clone());
         }

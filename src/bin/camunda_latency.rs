@@ -10,7 +10,7 @@ use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
-use worker_api_gateway::{camunda::variables, config::Settings, startup::Application};
+use worker_api_gateway::{camunda::variables, config::Settings, startup::Application, topics::JsonVariables};
 
 struct Engine {
     base: String,
@@ -115,7 +115,8 @@ async fn wait_all(engine: &Engine, key: &str, n: usize) -> Result<Vec<i64>> {
 
 async fn start_all(engine: &Engine, key: &str, n: usize) -> Result<()> {
     for i in 0..n {
-        let vars = variables::to_typed_map(json!({"name": format!("n{i}")}).as_object().context("object")?);
+        let vars = json!({"name": format!("n{i}")});
+        let vars = variables::to_typed_map(vars.as_object().context("object")?, JsonVariables::default());
         engine.post(&format!("/process-definition/key/{key}/start"), json!({"variables": vars})).await?;
     }
     Ok(())

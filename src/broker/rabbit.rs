@@ -293,11 +293,26 @@ impl RabbitBroker {
                     "shutdown grace period over with handlers still running; their messages return to the queue"
                 );
             }
-            self.mark_down();
-            let _ = conn.close(200, "shutdown".into()).await;
         }
+        let publisher = self.inner.publisher.write().ok().and_then(|mut p| p.take());
+        self.mark_down();
+        close_in_order(conn, publisher, channels.into_iter().map(|(channel, _)| channel)).await;
         outcome
     }
+}
+
+/// Closes a session's channels, then its connection, each close awaited before the next.
+///
+/// Order matters to lapin: dropping the last handle of an open channel makes lapin close it in
+/// the background, and if the connection has begun closing by the time that close runs, it fails
+/// on the channel's `Closing` state and lapin logs it as an ERROR-level connection error. A
+/// channel closed (and so marked closed) before the connection is never closed again on drop.
+/// On a connection already lost, each close fails at once and quietly.
+async fn close_in_order(conn: Connection, publisher: Option<Channel>, consumers: impl Iterator<Item = Channel>) {
+    for channel in publisher.into_iter().chain(consumers) {
+        let _ = channel.close(200, "shutdown".into()).await;
+    }
+    let _ = conn.close(200, "shutdown".into()).await;
 }
 
 #[async_trait]

@@ -9,7 +9,10 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::variables::{from_typed_map, to_typed_map};
-use crate::config::{CamundaSettings, Secret};
+use crate::{
+    config::{CamundaSettings, Secret},
+    topics::JsonVariables,
+};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CamundaError {
@@ -61,6 +64,20 @@ pub struct ExternalTaskInfo {
     pub worker_id: Option<String>,
     pub retries: Option<i64>,
     pub error_message: Option<String>,
+    pub activity_id: Option<String>,
+    pub process_definition_id: Option<String>,
+    pub process_instance_id: Option<String>,
+}
+
+/// What Camunda's history says became of an external task that it no longer knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskFate {
+    /// Completed (or ended by a BPMN error) by this worker.
+    Succeeded { worker_id: Option<String> },
+    /// Deleted: its process instance was cancelled, or the task removed.
+    Deleted,
+    /// The history has no ending for it (history off, or never existed).
+    Unknown,
 }
 
 #[derive(Clone)]
@@ -157,12 +174,15 @@ impl CamundaClient {
         worker_id: &str,
         variables: &Map<String, Value>,
         local: bool,
+        json: JsonVariables,
     ) -> Result<(), CamundaError> {
         let key = if local { "localVariables" } else { "variables" };
-        let body = json!({"workerId": worker_id, key: to_typed_map(variables)});
+        let body = json!({"workerId": worker_id, key: to_typed_map(variables, json)});
         self.call(&format!("/external-task/{task_id}/complete"), Some(body), Self::CALL_TIMEOUT).await.map(|_| ())
     }
 
+    /// Throws BPMN error `code`; `errorMessage` is also set as a process variable, which is
+    /// where the seed's processes read it.
     pub async fn bpmn_error(
         &self,
         task_id: &str,
@@ -170,22 +190,26 @@ impl CamundaClient {
         code: &str,
         message: &str,
     ) -> Result<(), CamundaError> {
-        let body = json!({"workerId": worker_id, "errorCode": code, "errorMessage": message});
+        let body = json!({"workerId": worker_id, "errorCode": code, "errorMessage": message,
+            "variables": {"errorMessage": {"value": message, "type": "String"}}});
         self.call(&format!("/external-task/{task_id}/bpmnError"), Some(body), Self::CALL_TIMEOUT).await.map(|_| ())
     }
 
+    /// Reports a failure; with `retries` 0 Camunda raises an incident showing `message` (cut to
+    /// the 666 characters its column holds) and keeps `details` whole.
     pub async fn failure(
         &self,
         task_id: &str,
         worker_id: &str,
         message: &str,
+        details: &str,
         retries: u32,
         retry_timeout: Duration,
     ) -> Result<(), CamundaError> {
         let body = json!({
             "workerId": worker_id,
             "errorMessage": message.chars().take(600).collect::<String>(),
-            "errorDetails": message,
+            "errorDetails": details,
             "retries": retries,
             "retryTimeout": retry_timeout.as_millis() as u64,
         });
@@ -204,6 +228,37 @@ impl CamundaClient {
     pub async fn get(&self, task_id: &str) -> Result<ExternalTaskInfo, CamundaError> {
         let v = self.call(&format!("/external-task/{task_id}"), None, Self::CALL_TIMEOUT).await?;
         serde_json::from_value(v).map_err(|e| CamundaError::Unavailable(format!("unexpected answer: {e}")))
+    }
+
+    /// The BPMN 2.0 XML of a process definition.
+    pub async fn definition_xml(&self, definition_id: &str) -> Result<String, CamundaError> {
+        let v = self.call(&format!("/process-definition/{definition_id}/xml"), None, Self::CALL_TIMEOUT).await?;
+        v.get("bpmn20Xml")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| CamundaError::Unavailable("answer without bpmn20Xml".into()))
+    }
+
+    /// How an external task Camunda no longer knows ended, from its external task log.
+    pub async fn fate(&self, task_id: &str) -> Result<TaskFate, CamundaError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct LogEntry {
+            worker_id: Option<String>,
+            #[serde(default)]
+            success_log: bool,
+            #[serde(default)]
+            deletion_log: bool,
+        }
+        let path = format!("/history/external-task-log?externalTaskId={task_id}&sortBy=timestamp&sortOrder=desc");
+        let v = self.call(&path, None, Self::CALL_TIMEOUT).await?;
+        let log: Vec<LogEntry> =
+            serde_json::from_value(v).map_err(|e| CamundaError::Unavailable(format!("unexpected answer: {e}")))?;
+        Ok(match log.iter().find(|e| e.success_log || e.deletion_log) {
+            Some(e) if e.success_log => TaskFate::Succeeded { worker_id: e.worker_id.clone() },
+            Some(_) => TaskFate::Deleted,
+            None => TaskFate::Unknown,
+        })
     }
 
     /// Whether the engine answers (for `/health`).

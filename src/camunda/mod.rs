@@ -2,11 +2,13 @@
 //! final outcomes exactly once (report mode, `CAMUNDA_URL` set), and the pull-mode poller. Without
 //! `CAMUNDA_URL` nothing here runs and workers report to Camunda themselves (the seed's flow).
 
+mod bpmn;
 mod client;
 mod poller;
 mod reporter;
 pub mod variables;
 
-pub use client::{CamundaClient, CamundaError, ExternalTaskInfo, LockedTask};
+pub use bpmn::ErrorCatchers;
+pub use client::{CamundaClient, CamundaError, ExternalTaskInfo, LockedTask, TaskFate};
 pub use poller::Poller;
 pub use reporter::Reporter;

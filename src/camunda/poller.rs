@@ -14,7 +14,7 @@ use crate::{
     domain::{Limits, Submission},
     metrics::Metrics,
     relay::{publish_held, publish_hold_until},
-    store::{CamundaLink, InsertOutcome, NewTask, TaskSource, TaskStore, TransitionError},
+    store::{CamundaLink, InsertOutcome, NewTask, ReportOutcome, TaskSource, TaskStore, TransitionError},
     topics::{Registry, Source},
 };
 
@@ -99,7 +99,8 @@ impl Poller {
             Err(errors) => {
                 let reason: Vec<String> = errors.iter().map(|e| format!("{} {}", e.field, e.message)).collect();
                 tracing::warn!(task_id = %task.id, reason = %reason.join("; "), "pulled task is not a valid submission; reporting failure");
-                let _ = self.client.failure(&task.id, &self.worker_id, &reason.join("; "), 0, Duration::ZERO).await;
+                let reason = reason.join("; ");
+                let _ = self.client.failure(&task.id, &self.worker_id, &reason, &reason, 0, Duration::ZERO).await;
                 return;
             }
         };
@@ -181,14 +182,21 @@ impl Poller {
     }
 
     /// Shutdown: tasks locked but never started are cancelled here and unlocked at Camunda, so
-    /// another worker (or this gateway after a restart) can take them at once.
+    /// another worker (or this gateway after a restart) can take them at once. The cancel owes
+    /// Camunda that unlock; sent here and recorded, or else left for the reporter to send.
     async fn unlock_unstarted(&self) {
         let Ok(tasks) = self.store.unstarted(TaskSource::Camunda, 1000).await else { return };
         let mut handed_back = 0;
         for task in tasks {
             if self.store.cancel(&task.task_id).await.is_ok() {
                 match self.client.unlock(&task.task_id).await {
-                    Ok(()) => handed_back += 1,
+                    Ok(()) => {
+                        handed_back += 1;
+                        let reported = ReportOutcome::Reported { how: "unlock".into() };
+                        if let Err(error) = self.store.record_report(&task.task_id, reported).await {
+                            tracing::warn!(%error, task_id = %task.task_id, "unlocked, but not recorded as reported");
+                        }
+                    }
                     Err(error) => tracing::warn!(%error, task_id = %task.task_id, "could not unlock at shutdown"),
                 }
             }

@@ -231,8 +231,8 @@ fn attempt_end(
     let mut next_attempt_in = Duration::ZERO;
     let (outcome, processed) = match result {
         Ok(result) => (AttemptOutcome::Succeeded { result }, Processed::Succeeded),
-        Err(HandlerError::Business { code, message }) => {
-            (AttemptOutcome::Failed { error: message, error_code: Some(code) }, Processed::Failed)
+        Err(HandlerError::Business { kind, message }) => {
+            (AttemptOutcome::Failed { error: message, error_code: Some(kind) }, Processed::Failed)
         }
         Err(HandlerError::Retryable { message }) if attempt < max_attempts => {
             next_attempt_in = topic.spec.retry.backoff(attempt);

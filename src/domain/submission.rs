@@ -18,7 +18,9 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_id_length: 128, max_variables: 100, max_depth: 10, max_string_length: 65_536 }
+        // 1 000 variables: the seed's workers submit every process variable, and real processes
+        // carry hundreds; the body limit (1 MiB) still bounds the whole.
+        Self { max_id_length: 128, max_variables: 1_000, max_depth: 10, max_string_length: 65_536 }
     }
 }
 

@@ -2,6 +2,7 @@
 //! the handlers' annotations), Swagger UI, the body limit and the shared error shape.
 
 mod error;
+mod refusals;
 mod system;
 mod tasks;
 mod views;

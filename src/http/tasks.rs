@@ -19,9 +19,11 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiError, AppState, TaskView, error::ErrorBody};
 use crate::{
+    config::InvalidSubmissions,
     domain::{FieldError, Submission, TaskStatus},
     relay::{publish_held, publish_hold_until},
     store::{CamundaLink, InsertOutcome, ListQuery, NewTask, TaskSource, TransitionError},
+    topics::Topic,
 };
 
 pub fn router() -> Router<AppState> {
@@ -100,27 +102,16 @@ pub async fn submit(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SubmitResponse>, ApiError> {
     let value = json_body(&headers, body, state.settings.max_body_bytes)?;
-    let submission = Submission::parse(&value, &state.settings.limits)
-        .map_err(|details| ApiError::invalid("invalid submission", details))?;
+    let (submission, topic) = match validate(&state, &value) {
+        Ok(valid) => valid,
+        Err((message, details)) if state.settings.invalid_submissions == InvalidSubmissions::Record => {
+            return super::refusals::record(&state, &value, &message, details).await.map(Json);
+        }
+        Err((message, details)) => return Err(ApiError::invalid(message, details)),
+    };
     let span = tracing::Span::current();
     span.record("task_id", submission.task_id.as_str());
     span.record("topic", submission.topic.as_str());
-    let Some(topic) = state.registry.get(submission.topic.as_str()) else {
-        let known: Vec<&str> = state.registry.names().collect();
-        let message =
-            format!("topic {:?} is not registered; registered topics: {}", submission.topic.as_str(), known.join(", "));
-        return Err(ApiError::invalid(message.clone(), vec![FieldError::new("topic", message)]));
-    };
-    let missing: Vec<FieldError> = topic
-        .spec
-        .required_variables
-        .iter()
-        .filter(|v| !submission.variables.contains_key(*v))
-        .map(|v| FieldError::new(format!("variables.{v}"), format!("is required by topic {}", topic.spec.name)))
-        .collect();
-    if !missing.is_empty() {
-        return Err(ApiError::invalid("required variables missing", missing));
-    }
     let new = NewTask {
         submission: submission.clone(),
         max_attempts: topic.spec.retry.max_attempts,
@@ -155,6 +146,34 @@ pub async fn submit(
             "task {task_id} exists with a different worker_id, topic or variables; the original is unchanged"
         ))),
     }
+}
+
+/// Everything a submission must be, checked before anything is stored: its fields, a registered
+/// topic, and the variables the topic requires. `Err` carries the summary and every offending
+/// field.
+fn validate<'s>(
+    state: &'s AppState,
+    value: &serde_json::Value,
+) -> Result<(Submission, &'s Topic), (String, Vec<FieldError>)> {
+    let submission = Submission::parse(value, &state.settings.limits)
+        .map_err(|details| ("invalid submission".to_owned(), details))?;
+    let Some(topic) = state.registry.get(submission.topic.as_str()) else {
+        let known: Vec<&str> = state.registry.names().collect();
+        let message =
+            format!("topic {:?} is not registered; registered topics: {}", submission.topic.as_str(), known.join(", "));
+        return Err((message.clone(), vec![FieldError::new("topic", message)]));
+    };
+    let missing: Vec<FieldError> = topic
+        .spec
+        .required_variables
+        .iter()
+        .filter(|v| !submission.variables.contains_key(*v))
+        .map(|v| FieldError::new(format!("variables.{v}"), format!("is required by topic {}", topic.spec.name)))
+        .collect();
+    if !missing.is_empty() {
+        return Err(("required variables missing".to_owned(), missing));
+    }
+    Ok((submission, topic))
 }
 
 /// A task's status, result and history.

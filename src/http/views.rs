@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use crate::{
-    domain::StatusLabels,
+    domain::{StatusLabels, TaskStatus},
     store::{ReportState, TaskRecord},
     topics::ProcessingStep,
 };
@@ -70,6 +70,12 @@ pub struct CamundaView {
     pub last_report_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reported_at: Option<String>,
+    /// What Camunda was told: `complete`, `bpmn_error CODE`, `incident` or `unlock`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reported_as: Option<String>,
+    /// `completed_elsewhere`: the worker id Camunda's history names as having ended the task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completed_by: Option<String>,
 }
 
 /// `GET /tasks/{task_id}/status`, and each item of `GET /tasks`.
@@ -94,13 +100,32 @@ pub struct TaskView {
     pub camunda: CamundaView,
 }
 
+/// The status a caller sees. With the seed's labels, for the seed's workers, which know only
+/// `sucesso` and `erro` and complete or fail the Camunda task themselves on seeing one:
+/// - a task whose outcome the gateway reports to Camunda shows `em_andamento` until the report
+///   has failed for good, so the worker never races the gateway to complete it, and completes it
+///   itself only as the fallback;
+/// - `cancelled` shows `erro` (its error message says it was cancelled), so a worker fails the
+///   task instead of waiting for a label it does not know.
+pub fn shown_status(t: &TaskRecord, labels: StatusLabels) -> &'static str {
+    if labels == StatusLabels::English {
+        return labels.render(t.status);
+    }
+    let gateway_reports = t.camunda.linked && t.camunda.report_state != ReportState::ReportFailed;
+    match t.status {
+        status if status.is_final() && gateway_reports => labels.render(TaskStatus::Processing),
+        TaskStatus::Cancelled => labels.render(TaskStatus::Failed),
+        status => labels.render(status),
+    }
+}
+
 impl TaskView {
     pub fn new(t: &TaskRecord, labels: StatusLabels) -> Self {
         Self {
             task_id: t.task_id.clone(),
             worker_id: t.worker_id.clone(),
             topic: t.topic.clone(),
-            status: labels.render(t.status).to_owned(),
+            status: shown_status(t, labels).to_owned(),
             substatus: t.substatus.clone(),
             result: t.result.clone(),
             error_message: t.error_message.clone(),
@@ -125,6 +150,8 @@ impl TaskView {
                 report_attempts: t.camunda.report_attempts,
                 last_report_error: t.camunda.last_report_error.clone(),
                 reported_at: t.camunda.reported_at.map(iso),
+                reported_as: t.camunda.reported_as.clone(),
+                completed_by: t.camunda.completed_by.clone(),
             },
         }
     }

@@ -18,6 +18,9 @@ pub use mongo::{MongoStore, durable_write_concern};
 pub use mongo_docs::lease_for;
 pub use record::{CamundaLink, ReportState, TaskRecord, TaskSource};
 
+/// The error message of a cancelled task, and what Camunda's incident for it says.
+pub const CANCELLED_MESSAGE: &str = "cancelled via the gateway";
+
 use crate::{
     domain::{Submission, TaskStatus},
     topics::ProcessingStep,
@@ -77,16 +80,16 @@ pub enum AttemptOutcome {
 /// What became of one attempt to report a final outcome to Camunda.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReportOutcome {
-    Reported,
+    /// Delivered; `how` is what Camunda was told (`complete`, `bpmn_error CODE`, `incident`,
+    /// `unlock`).
+    Reported { how: String },
+    /// Camunda's history shows the task ended by someone else's hand (`by`: its worker id), so
+    /// the gateway's outcome never arrived.
+    CompletedElsewhere { by: Option<String> },
     /// Final: Camunda refused (404/400) or the reporter gave up.
-    Failed {
-        error: String,
-    },
+    Failed { error: String },
     /// Camunda unreachable: try again at `at`.
-    Retry {
-        error: String,
-        at: DateTime<Utc>,
-    },
+    Retry { error: String, at: DateTime<Utc> },
 }
 
 /// One attempt's end, for `finish_batch`.
@@ -158,6 +161,10 @@ pub trait TaskStore: Send + Sync {
         tasks: Vec<NewTask>,
         created_at: DateTime<Utc>,
     ) -> Vec<Result<InsertOutcome, StoreError>>;
+
+    /// Stores a submission that failed validation as a task already `failed` (error kind
+    /// `validation`, `reason` as its message), never published; idempotent like [`Self::insert`].
+    async fn insert_refused(&self, task: NewTask, reason: &str) -> Result<InsertOutcome, StoreError>;
 
     async fn get(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError>;
 

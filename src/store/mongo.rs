@@ -56,6 +56,15 @@ pub fn durable_write_concern() -> WriteConcern {
 }
 
 impl MongoStore {
+    /// Inserts one record; a duplicate id is an idempotent resubmit or a conflict.
+    async fn insert_record(&self, record: TaskRecord) -> Result<InsertOutcome, StoreError> {
+        match self.tasks.insert_one(&record).await {
+            Ok(_) => Ok(InsertOutcome::Created(Box::new(record))),
+            Err(e) if is_duplicate_key(&e) => self.compare_existing(&record).await,
+            Err(e) => Err(classify(e)),
+        }
+    }
+
     /// Connects lazily (the driver dials on first use) with bounded timeouts so an unreachable
     /// server answers within `settings.timeout` instead of the driver's 30 s default.
     pub async fn connect(settings: &MongoSettings) -> Result<Self, StoreError> {
@@ -176,13 +185,21 @@ impl TaskStore for MongoStore {
     }
 
     #[tracing::instrument(skip_all, fields(task_id = %task.submission.task_id))]
+    async fn insert_refused(&self, task: NewTask, reason: &str) -> Result<InsertOutcome, StoreError> {
+        let now = BsonDate::now();
+        let mut record = new_record(task, now);
+        record.status = TaskStatus::Failed;
+        record.error_message = Some(reason.to_owned());
+        record.error_code = Some("validation".to_owned());
+        record.completed_at = Some(now);
+        record.publish_due_at = None;
+        // Owed to Camunda like any final outcome (report mode only; otherwise never looked at).
+        record.camunda.report_due_at = Some(now);
+        self.insert_record(record).await
+    }
+
     async fn insert(&self, task: NewTask) -> Result<InsertOutcome, StoreError> {
-        let record = new_record(task, BsonDate::now());
-        match self.tasks.insert_one(&record).await {
-            Ok(_) => Ok(InsertOutcome::Created(Box::new(record))),
-            Err(e) if is_duplicate_key(&e) => self.compare_existing(&record).await,
-            Err(e) => Err(classify(e)),
-        }
+        self.insert_record(new_record(task, BsonDate::now())).await
     }
 
     async fn insert_batch(
@@ -353,8 +370,14 @@ impl TaskStore for MongoStore {
     }
 
     async fn cancel(&self, task_id: &str) -> Result<TaskRecord, TransitionError> {
-        let update =
-            doc! {"$set": {"completed_at": BsonDate::now()}, "$unset": {"publish_due_at": "", "next_attempt_at": ""}};
+        let now = BsonDate::now();
+        // A Camunda-linked task owes Camunda its cancel (its report is pending from the start);
+        // on other tasks the due time is never looked at.
+        let update = doc! {
+            "$set": {"completed_at": now, "error_message": super::CANCELLED_MESSAGE, "error_code": "CANCELLED",
+                     "camunda.report_due_at": now},
+            "$unset": {"publish_due_at": "", "next_attempt_at": ""},
+        };
         match self.transition(task_id, Event::Cancel, doc! {}, update).await? {
             Some(task) => Ok(task),
             None => Err(self.refusal(task_id).await),
@@ -376,7 +399,8 @@ impl TaskStore for MongoStore {
                             doc! {"_id": task_id, "camunda.linked": true},
                             doc! {"$set": {"camunda.report_state": "pending"},
                             "$unset": {"camunda.report_due_at": "", "camunda.report_attempts": "",
-                                       "camunda.last_report_error": "", "camunda.reported_at": ""}},
+                                       "camunda.last_report_error": "", "camunda.reported_at": "",
+                                       "camunda.reported_as": "", "camunda.completed_by": ""}},
                         )
                         .await
                         .map_err(classify)?;

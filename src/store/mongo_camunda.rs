@@ -26,7 +26,7 @@ impl MongoStore {
     pub(super) async fn due_reports_impl(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<TaskRecord>, StoreError> {
         let filter = doc! {
             "camunda.report_state": "pending",
-            "status": {"$in": ["succeeded", "failed"]},
+            "status": {"$in": ["succeeded", "failed", "cancelled"]},
             "camunda.report_due_at": {"$lte": bdate(now)},
         };
         self.find_many(filter, limit).await
@@ -54,8 +54,13 @@ impl MongoStore {
     pub(super) async fn record_report_impl(&self, task_id: &str, outcome: ReportOutcome) -> Result<(), StoreError> {
         let now = BsonDate::now();
         let update = match outcome {
-            ReportOutcome::Reported => doc! {
-                "$set": {"camunda.report_state": "reported", "camunda.reported_at": now, "updated_at": now},
+            ReportOutcome::Reported { how } => doc! {
+                "$set": {"camunda.report_state": "reported", "camunda.reported_at": now,
+                         "camunda.reported_as": how, "updated_at": now},
+                "$unset": {"camunda.report_due_at": ""},
+            },
+            ReportOutcome::CompletedElsewhere { by } => doc! {
+                "$set": {"camunda.report_state": "completed_elsewhere", "camunda.completed_by": by, "updated_at": now},
                 "$unset": {"camunda.report_due_at": ""},
             },
             ReportOutcome::Failed { error } => doc! {

@@ -24,6 +24,8 @@ pub enum ReportState {
     NotApplicable,
     Pending,
     Reported,
+    /// Camunda's history shows another hand ended the task; the gateway's outcome never arrived.
+    CompletedElsewhere,
     ReportFailed,
 }
 
@@ -48,6 +50,12 @@ pub struct CamundaLink {
     pub last_report_error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reported_at: Option<BsonDate>,
+    /// What Camunda was told: `complete`, `bpmn_error CODE`, `incident`, `unlock`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_as: Option<String>,
+    /// `completed_elsewhere`: the worker id Camunda's history names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_by: Option<String>,
 }
 
 impl CamundaLink {
@@ -61,6 +69,8 @@ impl CamundaLink {
             report_attempts: None,
             last_report_error: None,
             reported_at: None,
+            reported_as: None,
+            completed_by: None,
         }
     }
 

@@ -12,17 +12,19 @@ pub type Variables = Map<String, Value>;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum HandlerError {
     /// The input can never succeed (bad data, a rule violated): fail at once, no retry.
-    /// At Camunda this becomes a BPMN error with `code`.
-    #[error("business error {code}: {message}")]
-    Business { code: String, message: String },
+    /// `kind` names the error for the topic's `[errors]` table (e.g. `validation`,
+    /// `processing`), which maps it to a BPMN error code at Camunda; an unmapped kind becomes an
+    /// incident there.
+    #[error("business error ({kind}): {message}")]
+    Business { kind: String, message: String },
     /// A transient fault (timeout, peer down, 5xx): retried with backoff up to the attempt limit.
     #[error("retryable failure: {message}")]
     Retryable { message: String },
 }
 
 impl HandlerError {
-    pub fn business(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Business { code: code.into(), message: message.into() }
+    pub fn business(kind: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Business { kind: kind.into(), message: message.into() }
     }
 
     pub fn retryable(message: impl Into<String>) -> Self {

@@ -65,7 +65,7 @@ impl Handler for HttpHandler {
             variables: input,
         };
         let body = serde_json::to_vec(&call)
-            .map_err(|e| HandlerError::business("INVALID_INPUT", format!("variables cannot be sent as JSON: {e}")))?;
+            .map_err(|e| HandlerError::business("validation", format!("variables cannot be sent as JSON: {e}")))?;
         ctx.step(Some("calling_downstream"), "http_call", "started", None).await;
         let answer = match &self.transport {
             // Boxed so that reqwest's larger state does not size the lean path's future.
@@ -74,7 +74,7 @@ impl Handler for HttpHandler {
                 match tokio::time::timeout(self.timeout, client.post_json(Bytes::from(body), wants_body)).await {
                     Err(_) => return Err(HandlerError::retryable("downstream timed out")),
                     Ok(Err(CallError::TooLarge)) => {
-                        return Err(HandlerError::business("INVALID_RESPONSE", CallError::TooLarge.to_string()));
+                        return Err(HandlerError::business("processing", CallError::TooLarge.to_string()));
                     }
                     Ok(Err(e)) => return Err(HandlerError::retryable(e.to_string())),
                     Ok(Ok(answer)) => (answer.status, answer.body),
@@ -122,16 +122,15 @@ fn map_answer(status: StatusCode, bytes: &[u8]) -> Result<Variables, HandlerErro
             Ok(Value::Object(map)) => Ok(map),
             Ok(Value::Null) | Err(_) if bytes.iter().all(u8::is_ascii_whitespace) => Ok(Variables::new()),
             Ok(other) => Ok(json!({ "result": other }).as_object().cloned().unwrap_or_default()),
-            Err(_) => {
-                Err(HandlerError::business("INVALID_RESPONSE", "downstream answered 2xx with a body that is not JSON"))
-            }
+            Err(_) => Err(HandlerError::business("processing", "downstream answered 2xx with a body that is not JSON")),
         },
         400 | 404 | 422 => {
             let message = business_message(bytes).unwrap_or_else(|| format!("downstream answered {status}"));
-            Err(HandlerError::business(format!("HTTP_{}", status.as_u16()), message))
+            let kind = if status == StatusCode::NOT_FOUND { "not_found" } else { "validation" };
+            Err(HandlerError::business(kind, message))
         }
         408 | 429 | 500..=599 => Err(HandlerError::retryable(format!("downstream answered {status}"))),
-        _ => Err(HandlerError::business(format!("HTTP_{}", status.as_u16()), format!("downstream answered {status}"))),
+        _ => Err(HandlerError::business("processing", format!("downstream answered {status}"))),
     }
 }
 
@@ -156,7 +155,7 @@ mod tests {
         let wrapped = map_answer(StatusCode::OK, b"[1]").expect("2xx non-object");
         assert_eq!(wrapped.get("result"), Some(&json!([1])));
         let business = map_answer(StatusCode::UNPROCESSABLE_ENTITY, br#"{"message":"no such case"}"#);
-        assert_eq!(business, Err(HandlerError::business("HTTP_422", "no such case")));
+        assert_eq!(business, Err(HandlerError::business("validation", "no such case")));
         assert!(matches!(map_answer(StatusCode::SERVICE_UNAVAILABLE, b""), Err(HandlerError::Retryable { .. })));
         assert!(matches!(map_answer(StatusCode::OK, b"<html>"), Err(HandlerError::Business { .. })));
     }

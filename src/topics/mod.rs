@@ -15,7 +15,9 @@ pub use handler::{Handler, HandlerContext, HandlerError, MemoryProgress, Process
 pub use http_handler::HttpHandler;
 pub use nova_publicacao::NovaPublicacao;
 pub use say_hello::SayHello;
-pub use spec::{HandlerKind, RetryPolicy, Source, SpecDefaults, SpecError, TopicSpec, VariableScope};
+pub use spec::{
+    ErrorCodes, HandlerKind, JsonVariables, RetryPolicy, Source, SpecDefaults, SpecError, TopicSpec, VariableScope,
+};
 
 /// A registered topic: its settings and the handler that runs it.
 #[derive(Clone)]

@@ -100,7 +100,7 @@ impl Handler for NovaPublicacao {
             Err(message) => ("failed", Some(message.clone())),
         };
         ctx.step(Some("validando"), "validate_input", status, detail).await;
-        let p = checked.map_err(|message| HandlerError::business("INVALID_INPUT", message))?;
+        let p = checked.map_err(|message| HandlerError::business("validation", message))?;
 
         let normalizado = normalize_text(p.texto);
         let hash = hash_unica(p.numero_processo, p.data, &normalizado);

@@ -39,6 +39,38 @@ pub enum VariableScope {
     Local,
 }
 
+/// How objects and arrays in result variables are typed at Camunda.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JsonVariables {
+    /// `Object`, serialized as `application/json` with a Java map or list type: what the seed's
+    /// Python workers deliver, readable in BPMN expressions as `${var.field}`.
+    #[default]
+    Object,
+    /// Spin `Json`, for processes that read the value with Spin (`S(var)`, `var.prop("x")`).
+    Spin,
+}
+
+/// The topic's `[errors]` table: which BPMN error code each kind of business error a handler
+/// reports is thrown as at Camunda. A kind with no code (and no `default`) becomes an incident,
+/// and so does a code no boundary event or event subprocess of the process catches.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorCodes {
+    /// Code for a kind not listed in `by_kind`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+    /// Kind (e.g. `validation`, `processing`) → BPMN error code.
+    #[serde(flatten)]
+    pub by_kind: std::collections::BTreeMap<String, String>,
+}
+
+impl ErrorCodes {
+    /// The BPMN error code for a business error of `kind`, if the topic maps one.
+    pub fn code_for(&self, kind: &str) -> Option<&str> {
+        self.by_kind.get(kind).or(self.default.as_ref()).map(String::as_str)
+    }
+}
+
 /// Exponential backoff with jitter between attempts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -104,6 +136,10 @@ pub struct TopicSpec {
     pub required_variables: Vec<String>,
     pub source: Source,
     pub variable_scope: VariableScope,
+    /// How objects and arrays in results reach Camunda: `object` (default) or `spin`.
+    pub json_variables: JsonVariables,
+    /// Business error kind → BPMN error code (`[errors]`).
+    pub errors: ErrorCodes,
     /// Pull mode: lock duration asked of Camunda; extended while the task is unfinished.
     pub lock_duration_seconds: u64,
 }
@@ -146,6 +182,10 @@ struct TopicFile {
     source: Source,
     #[serde(default)]
     variable_scope: VariableScope,
+    #[serde(default)]
+    json_variables: JsonVariables,
+    #[serde(default)]
+    errors: ErrorCodes,
     lock_duration_seconds: Option<u64>,
 }
 
@@ -220,6 +260,12 @@ impl TopicSpec {
         if timeout_seconds == 0 {
             return Err(err("field `timeout_seconds` must be at least 1".into()));
         }
+        let blank = |code: &String| code.trim().is_empty();
+        let blank_kind = (file.errors.default.as_ref().is_some_and(blank).then_some("default"))
+            .or_else(|| file.errors.by_kind.iter().find(|(_, code)| blank(code)).map(|(kind, _)| kind.as_str()));
+        if let Some(kind) = blank_kind {
+            return Err(err(format!("field `errors.{kind}` must be a non-empty BPMN error code")));
+        }
         let concurrency = file.concurrency.unwrap_or(8);
         if concurrency == 0 {
             return Err(err("field `concurrency` must be at least 1".into()));
@@ -237,6 +283,8 @@ impl TopicSpec {
             required_variables: file.required_variables,
             source: file.source,
             variable_scope: file.variable_scope,
+            json_variables: file.json_variables,
+            errors: file.errors,
             lock_duration_seconds: file.lock_duration_seconds.unwrap_or(60).max(1),
         })
     }
@@ -272,6 +320,18 @@ mod tests {
         let spec = TopicSpec::parse(Path::new("t/x.toml"), text, D).expect("valid");
         let shown = serde_json::to_string(&spec).unwrap_or_default();
         assert!(!shown.contains("k3y") && shown.contains("svc:***@"), "{shown}");
+    }
+
+    #[test]
+    fn the_errors_table_maps_kinds_to_codes_with_a_default() {
+        let text = "handler = \"native\"\n[errors]\ndefault = \"ERR_ANY\"\nvalidation = \"ERR_INPUT\"\n";
+        let spec = TopicSpec::parse(Path::new("t/x.toml"), text, D).expect("valid");
+        assert_eq!(spec.errors.code_for("validation"), Some("ERR_INPUT"));
+        assert_eq!(spec.errors.code_for("processing"), Some("ERR_ANY"));
+        let bare = TopicSpec::parse(Path::new("t/x.toml"), "handler = \"native\"", D).expect("valid");
+        assert_eq!(bare.errors.code_for("validation"), None, "no code configured: an incident");
+        let e = TopicSpec::parse(Path::new("t/x.toml"), "handler = \"native\"\n[errors]\nvalidation = \" \"", D);
+        assert!(e.err().map(|e| e.to_string()).unwrap_or_default().contains("errors.validation"));
     }
 
     #[test]

@@ -306,7 +306,7 @@ async fn nova_publicacao_stores_once_and_flags_duplicates_and_bad_input() {
     app.submit(&body("nova-3", "nova_publicacao", bad)).await;
     let third = app.wait_status("nova-3", "failed", WAIT).await;
     assert_eq!(third["attempts"], 1, "a business error is not retried");
-    assert_eq!(third["metadata"]["error_code"], "INVALID_INPUT");
+    assert_eq!(third["metadata"]["error_code"], "validation", "the error kind the topic maps to a BPMN code");
     let message = third["error_message"].as_str().unwrap_or("");
     assert!(message.contains("data_publicacao") && message.contains("fonte"), "{message}");
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use serde_json::{Value, json};
+use worker_api_gateway::topics::JsonVariables;
 
 use crate::{
     engine::{Deployed, Engine},
@@ -15,30 +16,36 @@ use crate::{
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn topic_name(prefix: &str) -> String {
+pub(crate) fn topic_name(prefix: &str) -> String {
     unique(prefix).to_ascii_lowercase()
 }
 
 /// A native topic running `native` under another name.
-fn native_topic(native: &str, extra: &str) -> String {
+pub(crate) fn native_topic(native: &str, extra: &str) -> String {
     format!(
         "handler = \"native\"\nnative = \"{native}\"\ntimeout_seconds = 30\n{extra}\n[retry]\nmax_attempts = 3\ninitial_backoff_ms = 200\n"
     )
 }
 
-fn http_topic(url: &str, extra: &str, attempts: u32, backoff_ms: u64) -> String {
+pub(crate) fn http_topic(url: &str, extra: &str, attempts: u32, backoff_ms: u64) -> String {
     format!(
         "handler = \"http\"\nurl = \"{url}\"\ntimeout_seconds = 30\n{extra}\n[retry]\nmax_attempts = {attempts}\ninitial_backoff_ms = {backoff_ms}\nmax_backoff_ms = {backoff_ms}\n"
     )
 }
 
-async fn gateway(engine: &Engine, topic: &str, topic_file: String, report: bool) -> TestApp {
+pub(crate) async fn gateway(engine: &Engine, topic: &str, topic_file: String, report: bool) -> TestApp {
     let vars = if report { vec![("CAMUNDA_URL".to_owned(), engine.base.clone())] } else { vec![] };
     spawn_app_with(AppOptions { topics: vec![(topic.to_owned(), topic_file)], vars, ..Default::default() }).await
 }
 
 /// The seed's worker: fetch and lock one task as `worker`, submit it to the gateway.
-async fn seed_worker_submits(engine: &Engine, app: &TestApp, d: &Deployed, worker: &str, as_worker: &str) -> Value {
+pub(crate) async fn seed_worker_submits(
+    engine: &Engine,
+    app: &TestApp,
+    d: &Deployed,
+    worker: &str,
+    as_worker: &str,
+) -> Value {
     let tasks = engine.fetch(worker, &d.topic, 1, 60_000).await;
     let task = tasks.first().cloned().expect("the started instance's task is fetched");
     let variables: serde_json::Map<String, Value> =
@@ -50,7 +57,7 @@ async fn seed_worker_submits(engine: &Engine, app: &TestApp, d: &Deployed, worke
     task
 }
 
-async fn wait_report(app: &TestApp, task_id: &str, state: &str) -> Value {
+pub(crate) async fn wait_report(app: &TestApp, task_id: &str, state: &str) -> Value {
     let path = format!("/tasks/{task_id}/status");
     app.wait_for(&format!("report {state}"), WAIT, |v| v["camunda"]["report_state"] == state, &path).await
 }
@@ -96,7 +103,7 @@ async fn without_report_mode_the_seed_worker_completes_the_task_itself() {
 
     // The worker polls the status and completes with the result, as the seed's workers do.
     let result = status["result"].as_object().cloned().unwrap_or_default();
-    let variables = worker_api_gateway::camunda::variables::to_typed_map(&result);
+    let variables = worker_api_gateway::camunda::variables::to_typed_map(&result, JsonVariables::Object);
     let (code, v) = engine
         .post(&format!("/external-task/{id}/complete"), json!({"workerId": "seed-worker-y", "variables": variables}))
         .await;
@@ -124,7 +131,7 @@ async fn result_variables_reach_camunda_with_their_types() {
     let kind = |name: &str| vars.get(name).map(|(t, _)| t.as_str()).unwrap_or("missing");
     assert_eq!(
         ["s", "b", "i", "l", "d", "obj", "arr", "n", "when"].map(kind),
-        ["String", "Boolean", "Integer", "Long", "Double", "Json", "Json", "Null", "Date"]
+        ["String", "Boolean", "Integer", "Long", "Double", "Object", "Object", "Null", "Date"]
     );
     assert_eq!(vars["l"].1, json!(3_000_000_000_i64));
     let obj: Value = serde_json::from_str(vars["obj"].1.as_str().unwrap_or("null")).unwrap_or(Value::Null);
@@ -137,7 +144,8 @@ async fn a_business_error_is_a_bpmn_error_caught_by_the_boundary_event() {
     let engine = Engine::new();
     let topic = topic_name("nova");
     let d = engine.deploy("nova_publicacao", &topic).await;
-    let app = gateway(&engine, &topic, native_topic("nova_publicacao", ""), true).await;
+    let errors = "[errors]\nvalidation = \"INVALID_INPUT\"";
+    let app = gateway(&engine, &topic, native_topic("nova_publicacao", errors), true).await;
     let pid = engine
         .start(
             &d.key,
@@ -152,7 +160,11 @@ async fn a_business_error_is_a_bpmn_error_caught_by_the_boundary_event() {
     engine.wait_instance(&pid, "COMPLETED", WAIT).await;
     assert!(engine.activity_reached(&pid, "invalid_input_end").await, "the boundary event's path was taken");
     assert!(!engine.activity_reached(&pid, "done_end").await);
-    assert_eq!(engine.variables(&pid).await["errorCode"].1, json!("INVALID_INPUT"));
+    let vars = engine.variables(&pid).await;
+    assert_eq!(vars["errorCode"].1, json!("INVALID_INPUT"));
+    let message = vars["errorMessage"].1.as_str().unwrap_or_default().to_owned();
+    assert!(message.contains("data_publicacao"), "errorMessage carries the handler's message: {message}");
+    assert_eq!(status["camunda"]["reported_as"], "bpmn_error INVALID_INPUT");
     app.cleanup().await;
 }
 

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use worker_api_gateway::topics::JsonVariables;
 
 use crate::helpers::env;
 
@@ -58,10 +59,33 @@ impl Engine {
         Deployed { key, topic: topic.to_owned() }
     }
 
-    /// Starts an instance with plain variables (typed as the gateway would type them).
+    /// Deploys `tests/fixtures/bpmn/{fixture}.bpmn` with its process key renamed to `key` and its
+    /// external-task topic kept as written: for clients whose topic is fixed (the seed's workers).
+    pub async fn deploy_keeping_topic(&self, fixture: &str, key: &str) -> Deployed {
+        let path = format!("{}/tests/fixtures/bpmn/{fixture}.bpmn", env!("CARGO_MANIFEST_DIR"));
+        let xml = std::fs::read_to_string(&path).expect("fixture exists");
+        let topic = xml
+            .split("camunda:topic=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("the fixture has an external task with a topic")
+            .to_owned();
+        let xml = xml.replace(&format!("\"{fixture}_process\""), &format!("\"{key}\""));
+        let form = reqwest::multipart::Form::new()
+            .text("deployment-name", key.to_owned())
+            .part("data", reqwest::multipart::Part::text(xml).file_name(format!("{key}.bpmn")));
+        let r =
+            self.http.post(format!("{}/deployment/create", self.base)).multipart(form).send().await.expect("deploy");
+        assert_eq!(r.status().as_u16(), 200, "deploy {key}: {:?}", r.text().await);
+        Deployed { key: key.to_owned(), topic }
+    }
+
+    /// Starts an instance with plain variables (typed as the gateway types results by default).
     pub async fn start(&self, key: &str, variables: Value) -> String {
-        let typed: serde_json::Map<String, Value> =
-            variables.as_object().map(worker_api_gateway::camunda::variables::to_typed_map).unwrap_or_default();
+        let typed: serde_json::Map<String, Value> = variables
+            .as_object()
+            .map(|vars| worker_api_gateway::camunda::variables::to_typed_map(vars, JsonVariables::Object))
+            .unwrap_or_default();
         let (status, v) = self.post(&format!("/process-definition/key/{key}/start"), json!({"variables": typed})).await;
         assert_eq!(status, 200, "start {key}: {v}");
         v["id"].as_str().expect("instance id").to_owned()
@@ -110,6 +134,14 @@ impl Engine {
                 Some((var["name"].as_str()?.to_owned(), (var["type"].as_str()?.to_owned(), var["value"].clone())))
             })
             .collect()
+    }
+
+    /// One historic variable of an instance as Camunda shows it (`type`, `value` unparsed,
+    /// `valueInfo`), or Null.
+    pub async fn variable(&self, pid: &str, name: &str) -> Value {
+        let path =
+            format!("/history/variable-instance?processInstanceId={pid}&variableName={name}&deserializeValues=false");
+        self.get(&path).await.1.as_array().and_then(|a| a.first().cloned()).unwrap_or(Value::Null)
     }
 
     pub async fn activity_reached(&self, pid: &str, activity: &str) -> bool {

@@ -40,7 +40,7 @@ async fn an_h2c_topic_maps_answers_like_any_http_topic() {
     let business = app.wait_status("h2strict-1", "failed", WAIT).await;
     assert_eq!(
         (business["attempts"].clone(), business["metadata"]["error_code"].clone()),
-        (json!(1), json!("HTTP_422"))
+        (json!(1), json!("validation"))
     );
     assert_eq!(business["error_message"], "scripted 422");
     assert_eq!(strict.http2_calls.load(Ordering::SeqCst), 1);

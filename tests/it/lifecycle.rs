@@ -71,7 +71,7 @@ async fn a_business_error_fails_at_once() {
     app.submit(&body("strict-1", "strict", json!({}))).await;
     let task = app.wait_status("strict-1", "failed", WAIT).await;
     assert_eq!(task["attempts"], 1);
-    assert_eq!(task["metadata"]["error_code"], "HTTP_422");
+    assert_eq!(task["metadata"]["error_code"], "validation", "a 422 is a validation error");
     assert_eq!(task["error_message"], "scripted 422");
     assert_eq!(down.calls.load(Ordering::SeqCst), 1);
     app.cleanup().await;

@@ -4,6 +4,7 @@
 mod api;
 mod bad_input;
 mod camunda;
+mod camunda_outcomes;
 #[path = "../common/mod.rs"]
 mod common;
 mod engine;
