@@ -156,3 +156,69 @@ impl TaskView {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::CamundaLink;
+
+    fn task(status: TaskStatus, camunda: CamundaLink) -> TaskRecord {
+        let now = bson::DateTime::now();
+        TaskRecord {
+            task_id: "t".into(),
+            worker_id: "w".into(),
+            topic: "say_hello".into(),
+            variables: Map::new(),
+            fingerprint: String::new(),
+            source: crate::store::TaskSource::Http,
+            status,
+            substatus: None,
+            attempts: 1,
+            max_attempts: 3,
+            result: None,
+            error_message: None,
+            error_code: None,
+            retries: 0,
+            processing_steps: Vec::new(),
+            processing_time_ms: None,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            completed_at: None,
+            lease_until: None,
+            next_attempt_at: None,
+            publish_due_at: None,
+            camunda,
+        }
+    }
+
+    #[test]
+    fn seed_workers_see_a_final_label_only_when_they_must_act_on_it() {
+        let seed = StatusLabels::Seed;
+        let mut failed_report = CamundaLink::pending();
+        failed_report.report_state = ReportState::ReportFailed;
+        let mut reported = CamundaLink::pending();
+        reported.report_state = ReportState::Reported;
+        let cases = [
+            // Seed style: the worker reports, so it sees the outcome at once.
+            (TaskStatus::Succeeded, CamundaLink::not_applicable(), "sucesso"),
+            (TaskStatus::Cancelled, CamundaLink::not_applicable(), "erro"),
+            // Report mode: the gateway reports; the worker keeps waiting...
+            (TaskStatus::Succeeded, CamundaLink::pending(), "em_andamento"),
+            (TaskStatus::Failed, reported, "em_andamento"),
+            (TaskStatus::Cancelled, CamundaLink::pending(), "em_andamento"),
+            // ...unless the report failed for good: then it completes the task itself.
+            (TaskStatus::Succeeded, failed_report.clone(), "sucesso"),
+            (TaskStatus::Cancelled, failed_report, "erro"),
+            (TaskStatus::Queued, CamundaLink::pending(), "aguardando"),
+        ];
+        for (status, link, shown) in cases {
+            let report_state = link.report_state;
+            assert_eq!(shown_status(&task(status, link), seed), shown, "{status:?} with report {report_state:?}");
+        }
+        assert_eq!(
+            shown_status(&task(TaskStatus::Succeeded, CamundaLink::pending()), StatusLabels::English),
+            "succeeded"
+        );
+    }
+}

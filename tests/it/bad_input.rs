@@ -175,3 +175,45 @@ async fn unknown_routes_methods_and_tasks_answer_with_the_error_body() {
     assert_eq!(fields(&v), ["status", "limit", "cursor"]);
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_invalid_submissions_recorded_the_seed_worker_gets_200_and_reads_why_in_the_status() {
+    let app = spawn_app_with(AppOptions {
+        vars: vec![
+            ("INVALID_SUBMISSIONS".into(), "record".into()),
+            ("STATUS_LABELS".into(), "seed".into()),
+            ("MAX_VARIABLES".into(), "2".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+
+    // Unknown topic, missing required variables, a limit: each answered 200 and stored failed.
+    let cases = [
+        ("rec-topic", "no_such_topic", json!({}), "topic"),
+        ("rec-required", "nova_publicacao", json!({"numero_processo": "1"}), "variables.data_publicacao"),
+        ("rec-limit", "say_hello", json!({"a": 1, "b": 2, "c": 3}), "at most 2 variables"),
+    ];
+    for (id, topic, variables, why) in &cases {
+        let (status, v) = app.submit(&body(id, topic, variables.clone())).await;
+        assert_eq!((status, v["status"].as_str(), v["created"].as_bool()), (200, Some("submitted"), Some(true)), "{v}");
+        let (_, task) = app.status(id).await;
+        assert_eq!(task["status"], "erro", "{task}");
+        assert_eq!(task["metadata"]["error_code"], "validation");
+        let message = task["error_message"].as_str().unwrap_or_default();
+        assert!(message.starts_with("invalid submission: ") && message.contains(why), "{message}");
+        assert_eq!(task["attempts"], 0, "nothing ran");
+    }
+    // Idempotent like any submission; the recorded task keeps its variables when they were valid.
+    let (status, v) = app.submit(&body("rec-required", "nova_publicacao", json!({"numero_processo": "1"}))).await;
+    assert_eq!((status, v["created"].as_bool()), (200, Some(false)), "{v}");
+    let stored = app.status_from_store("rec-required").await;
+    assert_eq!(stored.variables.get("numero_processo"), Some(&json!("1")));
+    // A conflict is still a conflict.
+    let (status, v) = app.submit(&body("rec-required", "nova_publicacao", json!({"numero_processo": "2"}))).await;
+    assert_eq!((status, v["error_code"].as_str()), (409, Some("CONFLICT")), "{v}");
+    // Without a usable task id there is nothing to record: the usual 422.
+    let (status, _) = app.submit(&body("bad id with spaces", "say_hello", json!({}))).await;
+    assert_eq!(status, 422);
+    app.cleanup().await;
+}
