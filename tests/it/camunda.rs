@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use serde_json::{Value, json};
-use worker_api_gateway::topics::JsonVariables;
+use worker_api_gateway::{store::ReportState, topics::JsonVariables};
 
 use crate::{
     engine::{Deployed, Engine},
@@ -313,6 +313,9 @@ async fn shutdown_hands_back_pulled_tasks_that_never_started() {
     };
     let handed_back: Vec<_> = tasks.iter().filter(|t| t.status.as_str() == "cancelled").collect();
     assert_eq!(handed_back.len(), 1, "{tasks:?}");
+    // The cancel owed Camunda its unlock, and the unlock is recorded as that report.
+    let link = &handed_back[0].camunda;
+    assert_eq!((link.report_state, link.reported_as.as_deref()), (ReportState::Reported, Some("unlock")), "{link:?}");
     let (_, at_camunda) = engine.get(&format!("/external-task/{}", handed_back[0].task_id)).await;
     assert!(at_camunda["workerId"].is_null() && at_camunda["lockExpirationTime"].is_null(), "unlocked: {at_camunda}");
     // So another worker can take it (and the third, never locked) right away.
