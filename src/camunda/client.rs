@@ -72,8 +72,8 @@ pub struct ExternalTaskInfo {
 /// What Camunda's history says became of an external task that it no longer knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskFate {
-    /// Completed (or ended by a BPMN error) by this worker.
-    Succeeded { worker_id: Option<String> },
+    /// Completed, or ended by a BPMN error, by this worker.
+    EndedBy { worker_id: Option<String> },
     /// Deleted: its process instance was cancelled, or the task removed.
     Deleted,
     /// The history has no ending for it (history off, or never existed).
@@ -239,12 +239,15 @@ impl CamundaClient {
             .ok_or_else(|| CamundaError::Unavailable("answer without bpmn20Xml".into()))
     }
 
-    /// How an external task Camunda no longer knows ended, from its external task log.
+    /// How an external task Camunda no longer knows ended, from its external task log. A
+    /// complete leaves a success entry; a bpmnError and a deleted process instance both leave a
+    /// deletion entry naming the lock holder, told apart by whether the instance was terminated.
     pub async fn fate(&self, task_id: &str) -> Result<TaskFate, CamundaError> {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct LogEntry {
             worker_id: Option<String>,
+            process_instance_id: Option<String>,
             #[serde(default)]
             success_log: bool,
             #[serde(default)]
@@ -254,10 +257,17 @@ impl CamundaClient {
         let v = self.call(&path, None, Self::CALL_TIMEOUT).await?;
         let log: Vec<LogEntry> =
             serde_json::from_value(v).map_err(|e| CamundaError::Unavailable(format!("unexpected answer: {e}")))?;
-        Ok(match log.iter().find(|e| e.success_log || e.deletion_log) {
-            Some(e) if e.success_log => TaskFate::Succeeded { worker_id: e.worker_id.clone() },
-            Some(_) => TaskFate::Deleted,
-            None => TaskFate::Unknown,
+        let Some(end) = log.into_iter().find(|e| e.success_log || e.deletion_log) else { return Ok(TaskFate::Unknown) };
+        if end.success_log {
+            return Ok(TaskFate::EndedBy { worker_id: end.worker_id });
+        }
+        let instance = match &end.process_instance_id {
+            Some(pid) => self.call(&format!("/history/process-instance/{pid}"), None, Self::CALL_TIMEOUT).await?,
+            None => Value::Null,
+        };
+        Ok(match instance.get("state").and_then(Value::as_str) {
+            Some("EXTERNALLY_TERMINATED") | None => TaskFate::Deleted,
+            Some(_) => TaskFate::EndedBy { worker_id: end.worker_id },
         })
     }
 

@@ -155,10 +155,10 @@ impl Reporter {
             Err(CamundaError::NotFound(message)) => match self.client.fate(&task.task_id).await? {
                 // Our earlier send landed before its answer was lost: Camunda's log names us.
                 // On a first send the same worker id can only be the worker's own completion.
-                TaskFate::Succeeded { worker_id } if resend && worker_id.as_deref() == Some(&task.worker_id) => {
+                TaskFate::EndedBy { worker_id } if resend && worker_id.as_deref() == Some(&task.worker_id) => {
                     Ok(ReportOutcome::Reported { how: "earlier send".into() })
                 }
-                TaskFate::Succeeded { worker_id } => Ok(ReportOutcome::CompletedElsewhere { by: worker_id }),
+                TaskFate::EndedBy { worker_id } => Ok(ReportOutcome::CompletedElsewhere { by: worker_id }),
                 TaskFate::Deleted => Err(CamundaError::NotFound(format!(
                     "{message} (deleted at Camunda: its process instance was cancelled or the task removed)"
                 ))),

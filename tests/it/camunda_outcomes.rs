@@ -123,6 +123,27 @@ async fn a_task_the_worker_completed_itself_is_recorded_as_completed_elsewhere()
     app.cleanup().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_the_worker_ended_with_its_own_bpmn_error_is_recorded_as_completed_elsewhere() {
+    let engine = Engine::new();
+    let topic = topic_name("selfthrown");
+    let d = engine.deploy("nova_publicacao", &topic).await;
+    let down = downstream_with(vec![200], Duration::from_secs(2), None).await;
+    let app = gateway(&engine, &topic, http_topic(&down.url, "", 3, 200), true).await;
+    let pid = engine.start(&d.key, json!({})).await;
+    let task = seed_worker_submits(&engine, &app, &d, "thrower", "thrower").await;
+    let id = task["id"].as_str().unwrap_or_default().to_owned();
+    let thrown = json!({"workerId": "thrower", "errorCode": "INVALID_INPUT", "errorMessage": "mine"});
+    assert_eq!(engine.post(&format!("/external-task/{id}/bpmnError"), thrown).await.0, 204);
+
+    // A bpmnError leaves a deletion entry in the log, as a deleted instance does; the instance
+    // went on (to the boundary event), so it was the worker's hand, not a deletion.
+    let status = wait_report(&app, &id, "completed_elsewhere").await;
+    assert_eq!(status["camunda"]["completed_by"], "thrower", "{status}");
+    engine.wait_instance(&pid, "COMPLETED", WAIT).await;
+    app.cleanup().await;
+}
+
 /// A stand-in Camunda whose `complete` answers 500 once (the answer to a send that may have
 /// landed is lost) and 404 after; its external task log names, per task, who completed it.
 async fn forgetful_camunda(completed_by: HashMap<String, String>) -> (String, Arc<AtomicU32>) {
