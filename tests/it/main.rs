@@ -12,3 +12,4 @@ mod helpers;
 mod http2;
 mod lifecycle;
 mod publishing;
+mod variables;
