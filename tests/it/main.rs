@@ -12,4 +12,5 @@ mod helpers;
 mod http2;
 mod lifecycle;
 mod publishing;
+mod shutdown;
 mod variables;
