@@ -3,18 +3,24 @@
 //! `movimentacoes_judiciais`. It owns that collection's unique index and what a duplicate means (a
 //! success with a warning). It must not retry, sleep or touch the task store: it only classifies a
 //! failure (bad input is a business error, a database fault is retryable) and reports its steps.
+//! The result variables it answers with are built in [`answer`].
+
+mod answer;
 
 use bson::{Bson, DateTime, Document, doc, oid::ObjectId};
-use chrono::{NaiveDate, NaiveTime};
+use chrono::{NaiveDate, NaiveTime, Utc};
 use mongodb::error::{Error as MongoError, ErrorKind, WriteFailure};
 use mongodb::{Collection, Database, IndexModel, options::IndexOptions};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use unicode_normalization::{UnicodeNormalization, char::is_combining_mark};
 
+use self::answer::{Steps, Stored};
 use super::handler::{Handler, HandlerContext, HandlerError, Variables};
 
 const COLLECTION: &str = "movimentacoes_judiciais";
+/// The status a new record starts with in `movimentacoes_judiciais`.
+const NEW_RECORD_STATUS: &str = "novo";
 const FONTES: [&str; 3] = ["dw", "manual", "escavador"];
 /// MongoDB's duplicate-key code (E11000).
 const DUPLICATE_KEY: i32 = 11000;
@@ -49,7 +55,7 @@ impl NovaPublicacao {
         self.movimentacoes.create_index(index.build()).await.map(drop)
     }
 
-    /// Inserts the record. `Some(id)` when the stored record is this task's (new, or left by an
+    /// Inserts the record. `Some` when the stored record is this task's (new, or left by an
     /// earlier attempt of it), `None` when another task recorded the same publication first.
     async fn insert(
         &self,
@@ -57,11 +63,14 @@ impl NovaPublicacao {
         p: &Publicacao<'_>,
         hash: &str,
         normalizado: &str,
-    ) -> mongodb::error::Result<Option<ObjectId>> {
-        // Our own _id: the answer then does not depend on the shape of the insert reply.
-        let id = ObjectId::new();
+    ) -> mongodb::error::Result<Option<Stored>> {
+        // Our own _id and creation time: the answer then does not depend on the insert reply.
+        // Millisecond precision, as BSON stores it, so the answer shows what was stored.
+        let created_at = DateTime::now();
+        let stored =
+            Stored { id: ObjectId::new(), created_at: created_at.to_chrono(), status: NEW_RECORD_STATUS.into() };
         let record = doc! {
-            "_id": id,
+            "_id": stored.id,
             "hash_unica": hash,
             "numero_processo": p.numero_processo,
             "data_publicacao": DateTime::from_chrono(p.data.and_time(NaiveTime::MIN).and_utc()),
@@ -73,17 +82,17 @@ impl NovaPublicacao {
             "instancia": to_bson(p.instancia.as_ref()),
             "task_id": &ctx.task_id,
             "worker_id": &ctx.worker_id,
-            "created_at": DateTime::now(),
-            "status": "novo",
+            "created_at": created_at,
+            "status": NEW_RECORD_STATUS,
         };
         match self.movimentacoes.insert_one(record).await {
-            Ok(_) => Ok(Some(id)),
+            Ok(_) => Ok(Some(stored)),
             // A re-run after a crash that followed the insert must answer as the first run would
             // have, not report the task's own record as someone else's duplicate.
             Err(err) if is_duplicate_key(&err) => {
                 let mine = doc! { "hash_unica": hash, "task_id": &ctx.task_id };
                 let found = self.movimentacoes.find_one(mine).await?;
-                Ok(found.and_then(|record| record.get_object_id("_id").ok()))
+                Ok(found.and_then(|record| Stored::from_record(&record)))
             }
             Err(err) => Err(err),
         }
@@ -94,65 +103,42 @@ impl NovaPublicacao {
 impl Handler for NovaPublicacao {
     #[tracing::instrument(skip_all, fields(task_id = %ctx.task_id, topic = %ctx.topic))]
     async fn handle(&self, ctx: &HandlerContext, input: &Variables) -> Result<Variables, HandlerError> {
+        let mut steps = Steps::default();
         let checked = validate(input);
         let (status, detail) = match &checked {
             Ok(_) => ("completed", None),
             Err(message) => ("failed", Some(message.clone())),
         };
-        ctx.step(Some("validando"), "validate_input", status, detail).await;
+        steps.record(ctx, Some("validando"), "validate_input", status, detail).await;
         let p = checked.map_err(|message| HandlerError::business("validation", message))?;
 
         let normalizado = normalize_text(p.texto);
         let hash = hash_unica(p.numero_processo, p.data, &normalizado);
         let detail = Some(format!("hash_unica {hash}"));
-        ctx.step(Some("normalizando"), "normalize_text", "completed", detail).await;
+        steps.record(ctx, Some("normalizando"), "normalize_text", "completed", detail).await;
 
-        let (status, note, outcome) = match self.insert(ctx, &p, &hash, &normalizado).await {
-            Ok(Some(id)) => {
-                let movimentacao = json!({
-                    "numero_processo": p.numero_processo,
-                    "data_publicacao": p.data.format("%Y-%m-%d").to_string(),
-                    "fonte": p.fonte,
-                    "tribunal": p.tribunal,
-                    "instancia": p.instancia,
-                    "texto_normalizado": normalizado,
-                });
-                let vars = variables([
-                    ("status", json!("success")),
-                    ("step_1_status", json!("completed")),
-                    ("mongodb_id", json!(id.to_hex())),
-                    ("hash_unica", json!(hash)),
-                    ("movimentacao", movimentacao),
-                ]);
-                ("completed", format!("mongodb_id {id}"), Ok(vars))
+        match self.insert(ctx, &p, &hash, &normalizado).await {
+            Ok(Some(stored)) => {
+                let note = Some(format!("mongodb_id {}", stored.id));
+                steps.record(ctx, Some("gravando"), "insert_movimentacao", "completed", note).await;
+                Ok(answer::recorded(&p, &hash, &normalizado, &stored, steps, Utc::now()))
             }
             Ok(None) => {
                 let message = format!("publication already recorded (hash_unica {hash})");
-                let vars = variables([
-                    ("status", json!("warning")),
-                    ("step_1_status", json!("duplicate_detected")),
-                    ("hash_unica", json!(hash)),
-                    ("numero_processo", json!(p.numero_processo)),
-                    ("message", json!(message)),
-                ]);
-                ("duplicate_detected", message, Ok(vars))
+                let note = Some(message.clone());
+                steps.record(ctx, Some("gravando"), "insert_movimentacao", "duplicate_detected", note).await;
+                Ok(answer::duplicate(p.numero_processo, &hash, message, steps, Utc::now()))
             }
             // The input was valid, so any other database fault is worth another attempt.
             Err(err) => {
                 let error = without_uris(&err.kind.to_string());
                 tracing::warn!(%error, "movimentacoes_judiciais write failed");
                 let message = format!("could not record the publication: {error}");
-                let failure = HandlerError::retryable(message.clone());
-                ("failed", message, Err(failure))
+                steps.record(ctx, Some("gravando"), "insert_movimentacao", "failed", Some(message.clone())).await;
+                Err(HandlerError::retryable(message))
             }
-        };
-        ctx.step(Some("gravando"), "insert_movimentacao", status, Some(note)).await;
-        outcome
+        }
     }
-}
-
-fn variables<const N: usize>(pairs: [(&str, Value); N]) -> Variables {
-    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
 /// Checks every field before failing, so one business error names every problem at once.
@@ -275,6 +261,8 @@ fn without_uris(message: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn valid() -> Variables {

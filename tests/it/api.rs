@@ -290,6 +290,27 @@ async fn nova_publicacao_stores_once_and_flags_duplicates_and_bad_input() {
     assert_eq!(first["result"]["status"], "success", "{first}");
     assert_eq!(first["result"]["step_1_status"], "completed");
     assert!(first["result"]["mongodb_id"].is_string());
+    // The seed's fields: a message, the steps, a UTC time, and the record as stored.
+    let result = &first["result"];
+    assert!(
+        result["message"].is_string() && result["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{result}"
+    );
+    let steps: Vec<&str> =
+        result["processing_steps"].as_array().into_iter().flatten().filter_map(|s| s["step"].as_str()).collect();
+    assert_eq!(steps, ["validate_input", "normalize_text", "insert_movimentacao"]);
+    let movimentacao = &result["movimentacao"];
+    assert_eq!(movimentacao["data_publicacao_original"], "15/03/2024");
+    assert_eq!(movimentacao["hash_unica"], result["hash_unica"]);
+    let oid =
+        bson::oid::ObjectId::parse_str(result["mongodb_id"].as_str().unwrap_or("")).expect("mongodb_id is an ObjectId");
+    let record =
+        app.mongo.collection::<bson::Document>("movimentacoes_judiciais").find_one(bson::doc! {"_id": oid}).await;
+    let record = record.expect("find works").expect("the record mongodb_id names exists");
+    let stored_at =
+        record.get_datetime("created_at").map(|d| d.to_chrono().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    assert_eq!(stored_at.ok().as_deref(), movimentacao["created_at"].as_str(), "{movimentacao}");
+    assert_eq!(record.get_str("status").ok(), movimentacao["status"].as_str());
 
     // Same publication, accents and punctuation aside: a duplicate, reported as a warning.
     let mut same = publication.clone();
@@ -299,6 +320,8 @@ async fn nova_publicacao_stores_once_and_flags_duplicates_and_bad_input() {
     let second = app.wait_status("nova-2", "succeeded", WAIT).await;
     assert_eq!(second["result"]["status"], "warning", "{second}");
     assert_eq!(second["result"]["step_1_status"], "duplicate_detected");
+    assert_eq!(second["result"]["hash_unica"], first["result"]["hash_unica"]);
+    assert!(second["result"]["message"].is_string() && second["result"]["timestamp"].is_string(), "{second}");
 
     let mut bad = publication.clone();
     bad["data_publicacao"] = json!("31/02/2024");
