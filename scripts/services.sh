@@ -11,6 +11,9 @@
 #   SecantusDB  MongoDB-compatible server from PyPI, in .services/venv,
 #               127.0.0.1:$SERVICES_MONGO_PORT (default 27017)
 #   Camunda     7.24 test engine built with Maven from tests/camunda-engine/
+#   Seed workers the seed gateway's Python workers, run unmodified by the tests
+#               from $SEED_REFERENCE_DIR (default ../shared/seed-reference), in
+#               their own venv .services/seed-venv
 #
 # Everything this script creates lives under $REPO/.services/ (git-ignored),
 # except RabbitMQ's own state, which the Debian package keeps in
@@ -384,6 +387,52 @@ camunda_env() {
 }
 
 # ============================================================================
+# The seed's Python workers (tests/it/seed_workers.rs runs them in place, as
+# real clients of the gateway and of Camunda). Nothing here starts them; this
+# only gives them a venv with their own requirements.txt, and tells the tests
+# where they and that venv's python are. A missing seed reference is a
+# failure, not a skip: those tests cannot run without it.
+# ============================================================================
+
+SEED_REFERENCE_DIR="${SEED_REFERENCE_DIR:-$REPO/../shared/seed-reference}"
+SEED_VENV="$SERVICES_DIR/seed-venv"
+# Records the sha256 of the requirements file the venv was built from.
+SEED_VENV_STAMP="$SEED_VENV/.requirements.sha256"
+
+seed_requirements() { echo "$SEED_REFERENCE_DIR/camunda-workers-platform/workers/requirements.txt"; }
+
+seed_workers_venv() {
+    [ -d "$SEED_REFERENCE_DIR" ] ||
+        die "seed reference not found at $SEED_REFERENCE_DIR (set SEED_REFERENCE_DIR to the folder holding camunda-workers-platform/)"
+    SEED_REFERENCE_DIR="$(cd "$SEED_REFERENCE_DIR" && pwd)"
+    local requirements
+    requirements="$(seed_requirements)"
+    [ -f "$requirements" ] || die "seed reference has no $requirements"
+
+    local want
+    want="$(sha256sum "$requirements" | cut -d' ' -f1)"
+    if [ -x "$SEED_VENV/bin/python" ] && [ "$(cat "$SEED_VENV_STAMP" 2>/dev/null)" = "$want" ]; then
+        return 0
+    fi
+    if ! command -v python3 >/dev/null 2>&1 ||
+        ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        apt_install python3 python3-venv
+    fi
+    if [ ! -x "$SEED_VENV/bin/python" ]; then
+        log "creating venv $SEED_VENV"
+        quiet python3 -m venv "$SEED_VENV"
+    fi
+    log "pip install -r $requirements (seed workers)"
+    quiet "$SEED_VENV/bin/python" -m pip install --disable-pip-version-check -q -r "$requirements" ||
+        die "installing the seed workers' requirements failed"
+    # The import the workers make first: a half-installed venv fails here, not in a test.
+    quiet "$SEED_VENV/bin/python" -c 'import camunda.external_task.external_task_worker, pika, prometheus_client' ||
+        die "the seed venv cannot import the workers' dependencies"
+    echo "$want" >"$SEED_VENV_STAMP"
+    log "seed workers' venv ready: $SEED_VENV"
+}
+
+# ============================================================================
 # Env file and commands
 # ============================================================================
 
@@ -394,6 +443,8 @@ write_env() {
         echo "export SERVICES_DIR=$SERVICES_DIR"
         echo "export MONGODB_URI=mongodb://$MONGO_HOST:$MONGO_PORT"
         echo "export RABBITMQ_URL=amqp://guest:guest@$RABBIT_HOST:$RABBIT_PORT/%2f"
+        echo "export SEED_REFERENCE_DIR=$SEED_REFERENCE_DIR"
+        echo "export SEED_WORKERS_PYTHON=$SEED_VENV/bin/python"
         camunda_env
     } >"$tmp"
     mv "$tmp" "$ENV_FILE"
@@ -415,6 +466,7 @@ cmd_up() {
     rabbit_up
     secantus_up
     camunda_up
+    seed_workers_venv
     write_env
     echo "services up in $((SECONDS - start))s: RabbitMQ $RABBIT_HOST:$RABBIT_PORT, SecantusDB $MONGO_HOST:$MONGO_PORT; env in $ENV_FILE"
 }

@@ -12,5 +12,6 @@ mod helpers;
 mod http2;
 mod lifecycle;
 mod publishing;
+mod seed_workers;
 mod shutdown;
 mod variables;
