@@ -387,7 +387,7 @@ camunda_env() {
 }
 
 # ============================================================================
-# The seed's Python workers (tests/it/seed_workers.rs runs them in place, as
+# The seed's Python workers (tests/it/seed_workers/ runs them in place, as
 # real clients of the gateway and of Camunda). Nothing here starts them; this
 # only gives them a venv with their own requirements.txt, and tells the tests
 # where they and that venv's python are. A missing seed reference is a
