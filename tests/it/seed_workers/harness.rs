@@ -77,14 +77,14 @@ pub async fn one_at_a_time(engine: &Engine) -> OneAtATime {
 }
 
 /// A gateway as the seed's workers expect it: seed status labels (`sucesso` / `erro`), and
-/// `CAMUNDA_URL` when the gateway is to complete the tasks.
-pub async fn gateway(engine: &Engine, completes: Completes, extra_vars: &[(&str, &str)]) -> TestApp {
-    let mut vars = vec![("STATUS_LABELS".to_owned(), "seed".to_owned())];
+/// `CAMUNDA_URL` when the gateway is to complete the tasks; on top of `options` (e.g. a topic
+/// file named `say_hello` replaces the repository's, for a slow or failing handler).
+pub async fn gateway(engine: &Engine, completes: Completes, mut options: AppOptions) -> TestApp {
+    options.vars.push(("STATUS_LABELS".to_owned(), "seed".to_owned()));
     if let Completes::Gateway = completes {
-        vars.push(("CAMUNDA_URL".to_owned(), engine.base.clone()));
+        options.vars.push(("CAMUNDA_URL".to_owned(), engine.base.clone()));
     }
-    vars.extend(extra_vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-    spawn_app_with(AppOptions { vars, ..Default::default() }).await
+    spawn_app_with(options).await
 }
 
 /// Deploys `tests/fixtures/bpmn/{fixture}.bpmn` under a process key of its own, its topic kept.

@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::{engine::Engine, helpers::TestApp};
+use crate::{
+    engine::Engine,
+    helpers::{AppOptions, TestApp},
+};
 use harness::{Completes, deploy, external_task_id, gateway, one_at_a_time, publicacao, task_log, variable_instance};
 use worker::{Kind, SeedWorker, Submit};
 
@@ -42,7 +45,7 @@ async fn ended_by(engine: &Engine, task_id: &str) -> Option<String> {
 async fn seed_style_the_hello_world_worker_completes_say_hello_itself_once_its_lock_runs_out() {
     let engine = Engine::new();
     let _serial = one_at_a_time(&engine).await;
-    let app = gateway(&engine, Completes::Worker, &[]).await;
+    let app = gateway(&engine, Completes::Worker, AppOptions::default()).await;
     let d = deploy(&engine, Kind::Hello.fixture()).await;
     let worker = SeedWorker::start(Kind::Hello, &app, Submit::Http, SHORT_LOCK_MS).await;
 
@@ -70,7 +73,7 @@ async fn seed_style_the_hello_world_worker_completes_say_hello_itself_once_its_l
 async fn seed_style_the_publicacao_worker_completes_a_valid_publication_itself() {
     let engine = Engine::new();
     let _serial = one_at_a_time(&engine).await;
-    let app = gateway(&engine, Completes::Worker, &[]).await;
+    let app = gateway(&engine, Completes::Worker, AppOptions::default()).await;
     let d = deploy(&engine, Kind::Publicacao.fixture()).await;
     let worker = SeedWorker::start(Kind::Publicacao, &app, Submit::Http, SHORT_LOCK_MS).await;
 
@@ -95,7 +98,7 @@ async fn seed_style_the_publicacao_worker_completes_a_valid_publication_itself()
 async fn report_mode_the_gateway_completes_the_hello_world_workers_task_with_process_variables() {
     let engine = Engine::new();
     let _serial = one_at_a_time(&engine).await;
-    let app = gateway(&engine, Completes::Gateway, &[]).await;
+    let app = gateway(&engine, Completes::Gateway, AppOptions::default()).await;
     let d = deploy(&engine, Kind::Hello.fixture()).await;
     let worker = SeedWorker::start(Kind::Hello, &app, Submit::Http, LONG_LOCK_MS).await;
 
@@ -120,7 +123,7 @@ async fn report_mode_the_gateway_completes_the_hello_world_workers_task_with_pro
 async fn report_mode_the_gateway_completes_the_publicacao_workers_task_with_process_variables() {
     let engine = Engine::new();
     let _serial = one_at_a_time(&engine).await;
-    let app = gateway(&engine, Completes::Gateway, &[]).await;
+    let app = gateway(&engine, Completes::Gateway, AppOptions::default()).await;
     let d = deploy(&engine, Kind::Publicacao.fixture()).await;
     let worker = SeedWorker::start(Kind::Publicacao, &app, Submit::Http, LONG_LOCK_MS).await;
 
@@ -147,7 +150,7 @@ async fn report_mode_the_gateway_completes_the_publicacao_workers_task_with_proc
 async fn a_hello_world_worker_submitting_over_amqp_gets_its_task_completed_in_report_mode() {
     let engine = Engine::new();
     let _serial = one_at_a_time(&engine).await;
-    let app = gateway(&engine, Completes::Gateway, &[]).await;
+    let app = gateway(&engine, Completes::Gateway, AppOptions::default()).await;
     let d = deploy(&engine, Kind::Hello.fixture()).await;
     let worker = SeedWorker::start(Kind::Hello, &app, Submit::Rabbitmq, LONG_LOCK_MS).await;
 
