@@ -4,6 +4,7 @@
 //! process, [`harness`] holds the rest; these tests run one at a time (the workers' topics are
 //! fixed) and each looks only at its own process instances.
 
+mod edges;
 mod harness;
 mod worker;
 
