@@ -168,3 +168,31 @@ async fn a_hello_world_worker_submitting_over_amqp_gets_its_task_completed_in_re
     worker.stop().await;
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publicacao_worker_submitting_over_amqp_gets_its_task_completed_in_report_mode() {
+    let engine = Engine::new();
+    let _serial = one_at_a_time(&engine).await;
+    let app = gateway(&engine, Completes::Gateway, AppOptions::default()).await;
+    let d = deploy(&engine, Kind::Publicacao.fixture()).await;
+    let worker = SeedWorker::start(Kind::Publicacao, &app, Submit::Rabbitmq, LONG_LOCK_MS).await;
+
+    let pid = engine.start(&d.key, publicacao("0005555-55.2024.8.13.0024")).await;
+    let task_id = external_task_id(&engine, &pid).await;
+    engine.wait_instance(&pid, "COMPLETED", WAIT).await;
+
+    let status = wait_report(&app, &task_id, "reported").await;
+    assert_eq!(status["worker_id"], Kind::Publicacao.worker_id(), "{status}");
+    assert!(worker.output().contains(&format!("Successfully submitted task {task_id} via RabbitMQ")));
+    let step = variable_instance(&engine, &pid, "step_1_status").await;
+    assert_eq!(
+        (&step["value"], step["activityInstanceId"].as_str()),
+        (&json!("completed"), Some(pid.as_str())),
+        "{step}"
+    );
+    let hash = variable_instance(&engine, &pid, "hash_unica").await;
+    assert_eq!(hash["value"].as_str().map(str::len), Some(64), "{hash}");
+    assert!(engine.activity_reached(&pid, "done_end").await);
+    worker.stop().await;
+    app.cleanup().await;
+}
