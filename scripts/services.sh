@@ -251,19 +251,24 @@ secantus_installed() {
     [ "$have" = "$SECANTUS_VERSION" ]
 }
 
-secantus_install() {
-    if secantus_installed; then
-        return 0
-    fi
-    # Debian's own python3 needs python3-venv for `python3 -m venv`.
+# Creates the venv $1 unless it exists (Debian's own python3 needs python3-venv for
+# `python3 -m venv`).
+make_venv() {
     if ! command -v python3 >/dev/null 2>&1 ||
         ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
         apt_install python3 python3-venv
     fi
-    if [ ! -x "$VENV/bin/python" ]; then
-        log "creating venv $VENV"
-        quiet python3 -m venv "$VENV"
+    if [ ! -x "$1/bin/python" ]; then
+        log "creating venv $1"
+        quiet python3 -m venv "$1"
     fi
+}
+
+secantus_install() {
+    if secantus_installed; then
+        return 0
+    fi
+    make_venv "$VENV"
     log "pip install SecantusDB==$SECANTUS_VERSION pymongo"
     # SecantusDB depends on pymongo today; name it anyway since the ping
     # check above needs it.
@@ -414,14 +419,7 @@ seed_workers_venv() {
     if [ -x "$SEED_VENV/bin/python" ] && [ "$(cat "$SEED_VENV_STAMP" 2>/dev/null)" = "$want" ]; then
         return 0
     fi
-    if ! command -v python3 >/dev/null 2>&1 ||
-        ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
-        apt_install python3 python3-venv
-    fi
-    if [ ! -x "$SEED_VENV/bin/python" ]; then
-        log "creating venv $SEED_VENV"
-        quiet python3 -m venv "$SEED_VENV"
-    fi
+    make_venv "$SEED_VENV"
     log "pip install -r $requirements (seed workers)"
     quiet "$SEED_VENV/bin/python" -m pip install --disable-pip-version-check -q -r "$requirements" ||
         die "installing the seed workers' requirements failed"
