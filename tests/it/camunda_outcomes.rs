@@ -203,3 +203,36 @@ async fn a_404_on_a_resend_counts_as_delivered_only_when_the_history_names_the_g
     assert_eq!(calls.load(Ordering::SeqCst), 4);
     app.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_pulled_task_that_never_started_hands_it_back_to_camunda_instead_of_an_incident() {
+    let engine = Engine::new();
+    let topic = topic_name("pullcancel");
+    let d = engine.deploy("say_hello", &topic).await;
+    let down = downstream_with(vec![200], Duration::from_secs(2), None).await;
+    let file = http_topic(&down.url, "source = \"camunda\"\nconcurrency = 1", 1, 100);
+    let app = gateway(&engine, &topic, file, true).await;
+    let pids = [engine.start(&d.key, json!({})).await, engine.start(&d.key, json!({})).await];
+    // Concurrency 1: one task runs, the other waits in the gateway, locked but never started.
+    let waiting = app
+        .wait_for(
+            "a pulled task waiting",
+            WAIT,
+            |v| v["tasks"].as_array().is_some_and(|t| t.len() == 2 && t.iter().any(|t| t["status"] == "queued")),
+            "/tasks",
+        )
+        .await;
+    let queued = waiting["tasks"].as_array().into_iter().flatten().find(|t| t["status"] == "queued");
+    let id = queued.and_then(|t| t["task_id"].as_str()).unwrap_or_default().to_owned();
+    let r = app.client.delete(app.url(&format!("/tasks/{id}"))).send().await.expect("gateway answers");
+    assert_eq!(r.status().as_u16(), 200);
+
+    // Unlocked, Camunda offers it again, and this gateway (still pulling) takes it up anew.
+    for pid in &pids {
+        engine.wait_instance(pid, "COMPLETED", WAIT).await;
+        assert!(engine.incidents(pid).await.is_empty(), "a handed-back task raises no incident");
+    }
+    assert_eq!(app.status(&id).await.1["status"], "succeeded");
+    assert_eq!(down.calls.load(Ordering::SeqCst), 2, "each task ran once");
+    app.cleanup().await;
+}
