@@ -162,6 +162,12 @@ pub struct Settings {
     /// `SUBMIT_BATCH_MAX` (100): most submissions written in one batch (group commit); 1 turns
     /// batching off.
     pub submit_batch_max: usize,
+    /// API keys, scopes and modes (`crate::auth`).
+    pub auth: crate::auth::AuthSettings,
+    /// Rate limits, load shedding, server timeouts (`crate::guard`).
+    pub guard: crate::guard::GuardSettings,
+    /// CA bundle, client certificates, the API's certificate (`crate::tls`).
+    pub tls: crate::tls::TlsSettings,
 }
 
 /// A variable that could not be used; the message names it.
@@ -266,19 +272,24 @@ impl Settings {
             shutdown_grace: Duration::from_secs(r.parse_or("SHUTDOWN_GRACE_SECONDS", 30, |s| s.parse().ok())?),
             camunda,
             submit_batch_max: r.parse_or("SUBMIT_BATCH_MAX", 100, positive_usize)?,
+            auth: crate::auth::AuthSettings::from_vars(vars)?,
+            guard: crate::guard::GuardSettings::from_vars(vars)?,
+            tls: crate::tls::TlsSettings::from_vars(vars)?,
         };
         Ok(settings)
     }
 }
 
-struct Reader<'a>(&'a HashMap<String, String>);
+/// Reads typed values from the variables, naming the variable in any error. Settings of other
+/// modules (`auth`, `guard`, `tls`) read theirs through it too.
+pub(crate) struct Reader<'a>(pub(crate) &'a HashMap<String, String>);
 
 impl Reader<'_> {
-    fn get(&self, var: &str) -> Option<&str> {
+    pub(crate) fn get(&self, var: &str) -> Option<&str> {
         self.0.get(var).map(|s| s.trim()).filter(|s| !s.is_empty())
     }
 
-    fn parse_or<T>(&self, var: &'static str, default: T, parse: impl Fn(&str) -> Option<T>) -> Result<T, ConfigError> {
+    pub(crate) fn parse_or<T>(&self, var: &'static str, default: T, parse: impl Fn(&str) -> Option<T>) -> Result<T, ConfigError> {
         match self.get(var) {
             None => Ok(default),
             Some(raw) => parse(raw).ok_or_else(|| ConfigError { var, message: format!("invalid value {raw:?}") }),
@@ -286,7 +297,7 @@ impl Reader<'_> {
     }
 }
 
-fn parse_bool(s: &str) -> Option<bool> {
+pub(crate) fn parse_bool(s: &str) -> Option<bool> {
     match s.to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Some(true),
         "0" | "false" | "no" | "off" => Some(false),
@@ -294,11 +305,11 @@ fn parse_bool(s: &str) -> Option<bool> {
     }
 }
 
-fn positive(s: &str) -> Option<u64> {
+pub(crate) fn positive(s: &str) -> Option<u64> {
     u64::from_str(s).ok().filter(|n| *n > 0)
 }
 
-fn positive_usize(s: &str) -> Option<usize> {
+pub(crate) fn positive_usize(s: &str) -> Option<usize> {
     usize::from_str(s).ok().filter(|n| *n > 0)
 }
 

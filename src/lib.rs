@@ -2,12 +2,14 @@
 //! dispatched through RabbitMQ to the handler registered for their topic, retried with backoff,
 //! and inspectable over HTTP. `main.rs` only wires tracing, config and [`startup::Application`].
 
+pub mod auth;
 pub mod batch;
 pub mod broker;
 pub mod camunda;
 pub mod config;
 pub mod dispatch;
 pub mod domain;
+pub mod guard;
 pub mod http;
 pub mod intake;
 pub mod metrics;
@@ -15,4 +17,5 @@ pub mod relay;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod topics;
