@@ -289,7 +289,12 @@ impl Reader<'_> {
         self.0.get(var).map(|s| s.trim()).filter(|s| !s.is_empty())
     }
 
-    pub(crate) fn parse_or<T>(&self, var: &'static str, default: T, parse: impl Fn(&str) -> Option<T>) -> Result<T, ConfigError> {
+    pub(crate) fn parse_or<T>(
+        &self,
+        var: &'static str,
+        default: T,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<T, ConfigError> {
         match self.get(var) {
             None => Ok(default),
             Some(raw) => parse(raw).ok_or_else(|| ConfigError { var, message: format!("invalid value {raw:?}") }),

@@ -76,6 +76,10 @@ impl Application {
         let addr = SocketAddr::new(settings.host, settings.port);
         let listener =
             TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot bind {addr} (HOST/PORT): {e}"))?;
+        let auth = crate::auth::Auth::new(&settings.auth).map_err(|e| anyhow::anyhow!("API_KEYS_FILE: {e}"))?;
+        if auth.mode() == crate::auth::AuthMode::Open {
+            tracing::warn!("AUTH_MODE=open: every route answers anyone who can reach this port, with no API key");
+        }
         let state = AppState {
             store,
             broker: broker_handle,
@@ -85,6 +89,7 @@ impl Application {
             started: Instant::now(),
             camunda,
             intake,
+            auth,
         };
         Ok(Self { listener, state, broker, dispatcher, reporter, stop })
     }
@@ -131,6 +136,7 @@ impl Application {
             )),
             _ => None,
         };
+        tokio::spawn(reload_keys_on_sighup(state.auth.clone(), stop.clone()));
         tracing::info!(port = listener.local_addr().map(|a| a.port()).unwrap_or(0), "listening");
         let http_stop = stop.clone();
         let intake = state.intake.clone();
@@ -148,6 +154,26 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Reads the API key file again on every SIGHUP, until `stop`; requests in flight meanwhile see
+/// the old keys or the new ones. A bad file is logged and the keys in use stay.
+async fn reload_keys_on_sighup(auth: crate::auth::Auth, stop: CancellationToken) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = hup.recv() => match auth.reload() {
+                    Ok(keys) => tracing::info!(keys, "SIGHUP: API keys reloaded"),
+                    Err(error) => tracing::error!(%error, "SIGHUP: API key file not reloaded; the keys in use stay"),
+                },
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (auth, stop);
 }
 
 /// Resolves on ctrl-c or SIGTERM.

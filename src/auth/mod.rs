@@ -3,9 +3,13 @@
 //! request's extensions) or answers 401/403 itself; handlers that need more (a submission's topic
 //! and `worker_id`, the key id for the audit trail) take the [`Caller`] as an extractor.
 
+mod keys;
+mod layer;
 mod settings;
 
-pub use settings::{AuthMode, AuthSettings};
+pub use keys::{ApiKey, KeySet, hash_secret};
+pub use layer::{Access, Auth, ROUTES, access, authenticate};
+pub use settings::{AuthMode, AuthSettings, parse_scopes};
 
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -19,6 +23,23 @@ pub enum Scope {
     Operate,
     /// Topics, metrics, anything that shows configuration.
     Admin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 4] = [Scope::Submit, Scope::Read, Scope::Operate, Scope::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Submit => "submit",
+            Scope::Read => "read",
+            Scope::Operate => "operate",
+            Scope::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|scope| scope.as_str() == s)
+    }
 }
 
 /// Requests per second a caller may make, with a burst.

@@ -125,7 +125,7 @@ impl Poller {
                     .set_lock_expiry(&task.id, Utc::now() + chrono::Duration::from_std(lock).unwrap_or_default())
                     .await;
                 if record.status == crate::domain::TaskStatus::Cancelled {
-                    match self.store.manual_retry(&task.id, hold).await {
+                    match self.store.manual_retry(&task.id, hold, "camunda (offered again)", false).await {
                         Ok(revived) => Some((Box::new(revived), hold)),
                         Err(TransitionError::WrongState(_)) | Err(TransitionError::NotFound) => None,
                         Err(TransitionError::Store(error)) => {
@@ -188,7 +188,7 @@ impl Poller {
         let Ok(tasks) = self.store.unstarted(TaskSource::Camunda, 1000).await else { return };
         let mut handed_back = 0;
         for task in tasks {
-            if self.store.cancel(&task.task_id).await.is_ok() {
+            if self.store.cancel(&task.task_id, "gateway (shutdown)").await.is_ok() {
                 match self.client.unlock(&task.task_id).await {
                     Ok(()) => {
                         handed_back += 1;

@@ -4,7 +4,7 @@
 use axum::{
     Json,
     extract::Request,
-    http::StatusCode,
+    http::{HeaderValue, StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -38,6 +38,12 @@ pub enum ApiError {
     /// 400 (malformed) or 422 (well-formed but invalid); lists each offending field.
     #[error("{message}")]
     Validation { status: StatusCode, message: String, details: Vec<FieldError> },
+    /// 401: no key where one is needed, or a key that is not in the key file.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: a valid key without the scope, topic or `worker_id` the request needs.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404.
     #[error("{0}")]
     NotFound(String),
@@ -73,6 +79,8 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str) {
         match self {
             Self::Validation { status, .. } => (*status, "VALIDATION_ERROR"),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "FORBIDDEN"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "CONFLICT"),
@@ -121,6 +129,9 @@ impl IntoResponse for ApiError {
             details,
         };
         let mut response = (status, Json(body.clone())).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         // The path is filled in by `error_path` below, which sees the request.
         response.extensions_mut().insert(body);
         response
@@ -134,8 +145,16 @@ pub async fn error_path(request: Request, next: Next) -> Response {
     match response.extensions().get::<ErrorBody>().cloned() {
         Some(mut body) => {
             body.path = path;
-            let status = response.status();
-            (status, Json(body)).into_response()
+            // A new body, but the status and headers (`Retry-After`, `WWW-Authenticate`) stay.
+            let (parts, _) = response.into_parts();
+            let mut fresh = Json(body).into_response();
+            *fresh.status_mut() = parts.status;
+            for (name, value) in &parts.headers {
+                if name != header::CONTENT_LENGTH && name != header::CONTENT_TYPE {
+                    fresh.headers_mut().append(name.clone(), value.clone());
+                }
+            }
+            fresh
         }
         None => response,
     }

@@ -2,6 +2,7 @@
 //! the handlers' annotations), Swagger UI, the body limit and the shared error shape.
 
 mod error;
+mod operate;
 mod refusals;
 mod system;
 mod tasks;
@@ -34,6 +35,8 @@ pub struct AppState {
     pub camunda: Option<CamundaClient>,
     /// Group commit for submissions.
     pub intake: crate::intake::Intake,
+    /// API keys and the rules of `AUTH_MODE`.
+    pub auth: crate::auth::Auth,
 }
 
 #[derive(OpenApi)]
@@ -41,7 +44,7 @@ pub struct AppState {
     info(title = "worker-api-gateway", description = "Camunda 7 external-task gateway: durable in MongoDB, dispatched through RabbitMQ."),
     paths(
         system::root, system::health, system::live, system::metrics, system::topics,
-        tasks::submit, tasks::status, tasks::retry, tasks::cancel, tasks::list, tasks::statistics,
+        tasks::submit, tasks::status, operate::retry, operate::cancel, operate::resend_report, tasks::list, tasks::statistics,
     ),
     components(schemas(ErrorBody, crate::domain::FieldError)),
     tags((name = "tasks", description = "Submit and follow external tasks"), (name = "system", description = "Health, metrics and registry"))
@@ -57,7 +60,9 @@ pub fn router(state: AppState) -> Router {
         app =
             app.merge(tasks::router()).merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", document));
     }
-    app.fallback(error::not_found)
+    // After every route is in: a route layer runs for matched routes only, and knows which.
+    app.route_layer(middleware::from_fn_with_state(state.clone(), crate::auth::authenticate))
+        .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn(error::error_path))

@@ -49,6 +49,8 @@ pub struct HealthView {
     pub timestamp: String,
     pub version: &'static str,
     pub uptime_s: u64,
+    /// `keys`, or `open` when `AUTH_MODE=open` lets anyone in.
+    pub auth: &'static str,
 }
 
 fn word(ok: bool) -> &'static str {
@@ -81,6 +83,7 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
         timestamp: now_utc(),
         version: env!("CARGO_PKG_VERSION"),
         uptime_s: state.started.elapsed().as_secs(),
+        auth: state.auth.mode().as_str(),
     };
     let code = if mongo { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(view))

@@ -13,16 +13,15 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     routing::{delete, get, post},
 };
-use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiError, AppState, TaskView, error::ErrorBody};
 use crate::{
+    auth::Caller,
     config::InvalidSubmissions,
     domain::{FieldError, Submission, TaskStatus},
-    relay::{publish_held, publish_hold_until},
-    store::{CamundaLink, InsertOutcome, ListQuery, NewTask, TaskSource, TransitionError},
+    store::{CamundaLink, InsertOutcome, ListQuery, NewTask, TaskSource},
     topics::Topic,
 };
 
@@ -32,8 +31,9 @@ pub fn router() -> Router<AppState> {
         .route("/tasks/statistics", get(statistics))
         .route("/tasks", get(list))
         .route("/tasks/{task_id}/status", get(status))
-        .route("/tasks/{task_id}/retry", post(retry))
-        .route("/tasks/{task_id}", delete(cancel))
+        .route("/tasks/{task_id}/retry", post(super::operate::retry))
+        .route("/tasks/{task_id}/report", post(super::operate::resend_report))
+        .route("/tasks/{task_id}", delete(super::operate::cancel))
 }
 
 /// What a worker submits.
@@ -98,10 +98,14 @@ fn json_body(
 #[tracing::instrument(skip_all, fields(task_id, topic))]
 pub async fn submit(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SubmitResponse>, ApiError> {
     let value = json_body(&headers, body, state.settings.max_body_bytes)?;
+    // Who may submit what comes before whether it is valid (and before recording it as failed).
+    let field = |name: &str| value.get(name).and_then(serde_json::Value::as_str).unwrap_or_default();
+    caller.may_submit(field("topic"), field("worker_id"))?;
     let (submission, topic) = match validate(&state, &value) {
         Ok(valid) => valid,
         Err((message, details)) if state.settings.invalid_submissions == InvalidSubmissions::Record => {
@@ -185,54 +189,6 @@ pub async fn status(State(state): State<AppState>, Path(task_id): Path<String>) 
         Some(task) => Ok(Json(TaskView::new(&task, state.settings.status_labels))),
         None => Err(ApiError::NotFound(format!("task {task_id} not found"))),
     }
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct ActionResponse {
-    /// `retrying` or `cancelled`.
-    pub status: &'static str,
-    pub task_id: String,
-    pub message: String,
-}
-
-fn refused(task_id: &str, action: &str, allowed: &str, e: TransitionError) -> ApiError {
-    match e {
-        TransitionError::NotFound => ApiError::NotFound(format!("task {task_id} not found")),
-        TransitionError::WrongState(s) => {
-            ApiError::Conflict(format!("task {task_id} is {}; only {allowed} tasks can be {action}", s.as_str()))
-        }
-        TransitionError::Store(e) => e.into(),
-    }
-}
-
-/// Run a failed or cancelled task again, attempts reset.
-#[utoipa::path(post, path = "/tasks/{task_id}/retry", tag = "tasks",
-    params(("task_id" = String, Path, description = "task id")),
-    responses((status = 200, body = ActionResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "not failed or cancelled")))]
-pub async fn retry(
-    State(state): State<AppState>,
-    Path(task_id): Path<String>,
-) -> Result<Json<ActionResponse>, ApiError> {
-    let hold = publish_hold_until(Utc::now());
-    let task = state
-        .store
-        .manual_retry(&task_id, hold)
-        .await
-        .map_err(|e| refused(&task_id, "retried", "failed or cancelled", e))?;
-    publish_held(state.store.as_ref(), state.broker.as_ref(), &state.metrics, &task, hold).await;
-    Ok(Json(ActionResponse { status: "retrying", task_id, message: "Task queued again".into() }))
-}
-
-/// Cancel a queued or retrying task.
-#[utoipa::path(delete, path = "/tasks/{task_id}", tag = "tasks",
-    params(("task_id" = String, Path, description = "task id")),
-    responses((status = 200, body = ActionResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "not queued or retrying")))]
-pub async fn cancel(
-    State(state): State<AppState>,
-    Path(task_id): Path<String>,
-) -> Result<Json<ActionResponse>, ApiError> {
-    state.store.cancel(&task_id).await.map_err(|e| refused(&task_id, "cancelled", "queued or retrying", e))?;
-    Ok(Json(ActionResponse { status: "cancelled", task_id, message: "Task cancelled".into() }))
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -78,6 +78,15 @@ pub struct CamundaView {
     pub completed_by: Option<String>,
 }
 
+/// One hand-made change: who (API key id) did what, when.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditView {
+    /// `cancel`, `retry` or `resend_report`.
+    pub action: String,
+    pub by: String,
+    pub at: String,
+}
+
 /// `GET /tasks/{task_id}/status`, and each item of `GET /tasks`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TaskView {
@@ -98,6 +107,9 @@ pub struct TaskView {
     pub timestamps: Timestamps,
     pub metadata: Metadata,
     pub camunda: CamundaView,
+    /// Cancels, retries and report re-sends by hand, oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub audit: Vec<AuditView>,
 }
 
 /// The status a caller sees. With the seed's labels, for the seed's workers, which know only
@@ -153,6 +165,11 @@ impl TaskView {
                 reported_as: t.camunda.reported_as.clone(),
                 completed_by: t.camunda.completed_by.clone(),
             },
+            audit: t
+                .audit
+                .iter()
+                .map(|a| AuditView { action: a.action.clone(), by: a.by.clone(), at: iso(a.at) })
+                .collect(),
         }
     }
 }
@@ -189,6 +206,7 @@ mod tests {
             next_attempt_at: None,
             publish_due_at: None,
             camunda,
+            audit: Vec::new(),
         }
     }
 

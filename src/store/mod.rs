@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 
 pub use mongo::{MongoStore, durable_write_concern};
 pub use mongo_docs::lease_for;
-pub use record::{CamundaLink, ReportState, TaskRecord, TaskSource};
+pub use record::{AuditEntry, CamundaLink, ReportState, TaskRecord, TaskSource};
 
 /// The error message of a cancelled task, and what Camunda's incident for it says.
 pub const CANCELLED_MESSAGE: &str = "cancelled via the gateway";
@@ -253,11 +253,22 @@ pub trait TaskStore: Send + Sync {
     /// (retrying due now, or failed without attempts left). `false` if the attempt is over.
     async fn release(&self, task_id: &str, attempt: u32) -> Result<bool, StoreError>;
 
-    /// `DELETE /tasks/{id}`: queued/retrying → cancelled.
-    async fn cancel(&self, task_id: &str) -> Result<TaskRecord, TransitionError>;
+    /// `DELETE /tasks/{id}`: queued/retrying → cancelled; `by` goes on the audit trail.
+    async fn cancel(&self, task_id: &str, by: &str) -> Result<TaskRecord, TransitionError>;
 
-    /// `POST /tasks/{id}/retry`: failed/cancelled → queued, attempts reset, publish due now.
-    async fn manual_retry(&self, task_id: &str, publish_until: DateTime<Utc>) -> Result<TaskRecord, TransitionError>;
+    /// `POST /tasks/{id}/retry`: failed/cancelled → queued, attempts reset, publish due now;
+    /// `by` goes on the audit trail. With `unreported_only`, a Camunda-linked task is taken only
+    /// while its report has failed for good (Camunda got no outcome, so a new run may report).
+    async fn manual_retry(
+        &self,
+        task_id: &str,
+        publish_until: DateTime<Utc>,
+        by: &str,
+        unreported_only: bool,
+    ) -> Result<TaskRecord, TransitionError>;
+
+    /// `POST /tasks/{id}/report`: a `report_failed` report is owed again, due now.
+    async fn resend_report(&self, task_id: &str, by: &str) -> Result<TaskRecord, TransitionError>;
 
     /// Final tasks whose Camunda report is owed and due, oldest first.
     async fn due_reports(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<TaskRecord>, StoreError>;

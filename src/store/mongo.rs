@@ -178,6 +178,11 @@ impl MongoStore {
     }
 }
 
+/// One audit record, as a `$push` (the last 50 kept).
+fn audit(action: &str, by: &str, at: BsonDate) -> Document {
+    doc! {"audit": {"$each": [{"action": action, "by": by, "at": at}], "$slice": -50}}
+}
+
 #[async_trait]
 impl TaskStore for MongoStore {
     async fn ping(&self) -> Result<(), StoreError> {
@@ -369,7 +374,7 @@ impl TaskStore for MongoStore {
         }
     }
 
-    async fn cancel(&self, task_id: &str) -> Result<TaskRecord, TransitionError> {
+    async fn cancel(&self, task_id: &str, by: &str) -> Result<TaskRecord, TransitionError> {
         let now = BsonDate::now();
         // A Camunda-linked task owes Camunda its cancel (its report is pending from the start);
         // on other tasks the due time is never looked at.
@@ -377,6 +382,7 @@ impl TaskStore for MongoStore {
             "$set": {"completed_at": now, "error_message": super::CANCELLED_MESSAGE, "error_code": "CANCELLED",
                      "camunda.report_due_at": now},
             "$unset": {"publish_due_at": "", "next_attempt_at": ""},
+            "$push": audit("cancel", by, now),
         };
         match self.transition(task_id, Event::Cancel, doc! {}, update).await? {
             Some(task) => Ok(task),
@@ -384,13 +390,25 @@ impl TaskStore for MongoStore {
         }
     }
 
-    async fn manual_retry(&self, task_id: &str, publish_until: DateTime<Utc>) -> Result<TaskRecord, TransitionError> {
+    async fn manual_retry(
+        &self,
+        task_id: &str,
+        publish_until: DateTime<Utc>,
+        by: &str,
+        unreported_only: bool,
+    ) -> Result<TaskRecord, TransitionError> {
         let update = doc! {
             "$set": {"attempts": 0, "retries": 0, "publish_due_at": bdate(publish_until), "substatus": null},
             "$unset": {"completed_at": "", "next_attempt_at": "", "error_message": "", "error_code": "",
                        "result": "", "lease_until": ""},
+            "$push": audit("retry", by, BsonDate::now()),
         };
-        match self.transition(task_id, Event::ManualRetry, doc! {}, update).await? {
+        let guard = if unreported_only {
+            doc! {"$or": [{"camunda.linked": {"$ne": true}}, {"camunda.report_state": "report_failed"}]}
+        } else {
+            doc! {}
+        };
+        match self.transition(task_id, Event::ManualRetry, guard, update).await? {
             Some(mut task) => {
                 if task.camunda.linked {
                     // A new run owes Camunda a new report.
@@ -408,6 +426,27 @@ impl TaskStore for MongoStore {
                 }
                 Ok(task)
             }
+            None => Err(self.refusal(task_id).await),
+        }
+    }
+
+    async fn resend_report(&self, task_id: &str, by: &str) -> Result<TaskRecord, TransitionError> {
+        let now = BsonDate::now();
+        // Counted as sent before: an earlier send may have landed, which a 404 then checks.
+        let update = doc! {
+            "$set": {"camunda.report_state": "pending", "camunda.report_due_at": now, "camunda.report_attempts": 1,
+                     "updated_at": now},
+            "$push": audit("resend_report", by, now),
+        };
+        let filter = doc! {"_id": task_id, "camunda.report_state": "report_failed"};
+        let found = self
+            .tasks
+            .find_one_and_update(filter, update)
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(|e| TransitionError::Store(classify(e)))?;
+        match found {
+            Some(task) => Ok(task),
             None => Err(self.refusal(task_id).await),
         }
     }

@@ -139,6 +139,7 @@ pub(super) fn new_record(task: NewTask, now: BsonDate) -> TaskRecord {
         next_attempt_at: None,
         publish_due_at: task.publish_due_at.map(bdate),
         camunda: task.camunda,
+        audit: Vec::new(),
     }
 }
 

@@ -80,6 +80,16 @@ impl CamundaLink {
     }
 }
 
+/// Who did what to a task by hand (cancel, retry, report re-send), and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// `cancel`, `retry` or `resend_report`.
+    pub action: String,
+    /// The API key id (`anonymous` without one), or the gateway itself (`gateway`).
+    pub by: String,
+    pub at: BsonDate,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskRecord {
     #[serde(rename = "_id")]
@@ -123,4 +133,7 @@ pub struct TaskRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish_due_at: Option<BsonDate>,
     pub camunda: CamundaLink,
+    /// Hand-made changes, oldest first (the last 50).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audit: Vec<AuditEntry>,
 }

@@ -102,6 +102,8 @@ impl Gateway {
             ("TOPICS_DIR".into(), topics_dir.display().to_string()),
             ("RELAY_INTERVAL_MS".into(), "200".into()),
             ("SHUTDOWN_GRACE_SECONDS".into(), "5".into()),
+            // The fault suite is about durability, not access; a setup may say otherwise.
+            ("AUTH_MODE".into(), "open".into()),
             ("LOG_FORMAT".into(), "json".into()),
             ("LOG_LEVEL".into(), std::env::var("FAULTS_LOG_LEVEL").unwrap_or_else(|_| "info".into())),
         ];

@@ -46,6 +46,22 @@ pub struct TestApp {
     pub task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
+/// The test key: every scope. [`TestApp::client`] presents it on every request; a test about
+/// access makes its own client.
+pub const TEST_KEY: &str = "it-key-7f3a9c0e5b2d4e6f8a1b3c5d7e9f0a2b";
+
+/// A key file holding [`TEST_KEY`] (id `it-admin`, every scope) and `extra` keys, in a file of
+/// its own.
+pub fn key_file(extra: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("{}.toml", unique("keys")));
+    let admin = format!(
+        "[[keys]]\nid = \"it-admin\"\nhash = \"sha256:{}\"\nscopes = [\"submit\", \"read\", \"operate\", \"admin\"]\n",
+        worker_api_gateway::auth::hash_secret(TEST_KEY)
+    );
+    std::fs::write(&path, format!("{admin}{extra}")).expect("temp dir is writable");
+    path
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(AppOptions::default()).await
 }
@@ -74,6 +90,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         ("TOPICS_DIR".into(), topics_dir.display().to_string()),
         ("RELAY_INTERVAL_MS".into(), "200".into()),
         ("SHUTDOWN_GRACE_SECONDS".into(), "5".into()),
+        ("API_KEYS_FILE".into(), key_file("").display().to_string()),
     ]);
     if options.no_broker {
         vars.insert("RABBITMQ_URL".into(), "amqp://guest:guest@127.0.0.1:1/%2f".into());
@@ -87,7 +104,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let mongo = mongodb::Client::with_uri_str(env("MONGODB_URI")).await.expect("mongo client").database(&database);
     let test_app = TestApp {
         address: format!("http://127.0.0.1:{port}"),
-        client: reqwest::Client::new(),
+        client: keyed_client(),
         database,
         exchange,
         mongo,
@@ -103,6 +120,14 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         .wait_for("rabbitmq connected", Duration::from_secs(20), |h: Value| h["rabbitmq"] == "healthy", "/health")
         .await;
     test_app
+}
+
+/// A client presenting [`TEST_KEY`].
+pub fn keyed_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {TEST_KEY}")).expect("a valid header");
+    headers.insert(reqwest::header::AUTHORIZATION, bearer);
+    reqwest::Client::builder().default_headers(headers).build().expect("a client")
 }
 
 /// A submission body for `topic`.

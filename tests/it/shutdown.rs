@@ -42,6 +42,7 @@ async fn a_gateway_stopped_by_sigterm_after_work_exits_cleanly_without_an_error_
         .env("RABBITMQ_URL", env("RABBITMQ_URL"))
         .env("RABBITMQ_EXCHANGE", &exchange)
         .env("TOPICS_DIR", &topics)
+        .env("ANONYMOUS_SCOPES", "submit,read")
         .env("LOG_FORMAT", "json")
         .env("LOG_LEVEL", "info")
         .env_remove("CAMUNDA_URL")

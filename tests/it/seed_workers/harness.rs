@@ -81,6 +81,8 @@ pub async fn one_at_a_time(engine: &Engine) -> OneAtATime {
 /// file named `say_hello` replaces the repository's, for a slow or failing handler).
 pub async fn gateway(engine: &Engine, completes: Completes, mut options: AppOptions) -> TestApp {
     options.vars.push(("STATUS_LABELS".to_owned(), "seed".to_owned()));
+    // The seed's workers send no credentials: a private worker network, as the README says.
+    options.vars.push(("ANONYMOUS_SCOPES".to_owned(), "submit,read".to_owned()));
     if let Completes::Gateway = completes {
         options.vars.push(("CAMUNDA_URL".to_owned(), engine.base.clone()));
     }
