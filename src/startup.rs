@@ -22,6 +22,8 @@ use crate::{
 
 pub struct Application {
     listener: TcpListener,
+    /// Set when `TLS_CERT_FILE` is: the API speaks HTTPS only.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     state: AppState,
     broker: RabbitBroker,
     dispatcher: Dispatcher,
@@ -40,9 +42,12 @@ impl Application {
         );
         let store = MongoStore::connect(&settings.mongodb).await?;
         store.ensure_indexes().await.map_err(|e| anyhow::anyhow!("MongoDB at MONGODB_URI: {e}"))?;
-        let http = reqwest::Client::builder().build()?;
-        let http2 = reqwest::Client::builder().http2_prior_knowledge().build()?;
-        let deps = NativeDeps { database: store.database().clone(), http, http2 };
+        // Handlers follow redirects only within their URL's origin (topics::redirect_policy).
+        // Trusting the system roots plus CA_BUNDLE_FILE (crate::tls).
+        let tls_client = || crate::tls::http_client_builder(&settings.tls, None).map_err(anyhow::Error::msg);
+        let http = tls_client()?.redirect(crate::topics::redirect_policy()).build()?;
+        let http2 = tls_client()?.redirect(crate::topics::redirect_policy()).http2_prior_knowledge().build()?;
+        let deps = NativeDeps { database: store.database().clone(), http, http2, tls: settings.tls.clone() };
         let defaults = SpecDefaults { timeout: settings.task_timeout, max_attempts: settings.task_retry_limit };
         let registry = Registry::load(&settings.topics_dir, defaults, &deps)?;
         if registry.get("nova_publicacao").is_some() {
@@ -53,7 +58,11 @@ impl Application {
         let topology =
             Topology { exchange: settings.rabbitmq.exchange.clone(), delivery_limit: settings.rabbitmq.delivery_limit };
         let broker =
-            RabbitBroker::new(settings.rabbitmq.url.clone(), topology, registry.names().map(str::to_owned).collect());
+            RabbitBroker::new(settings.rabbitmq.url.clone(), topology, registry.names().map(str::to_owned).collect())
+                .with_tls(crate::tls::amqp_tls_config(&settings.tls).map_err(anyhow::Error::msg)?);
+        // An amqps:// peer whose certificate is not trusted is a configuration error: stop here,
+        // saying so, rather than retry for ever in the background.
+        broker.check_tls().await.map_err(anyhow::Error::msg)?;
         let metrics = Metrics::new();
         let stop = CancellationToken::new();
         let store: Arc<dyn TaskStore> = Arc::new(store);
@@ -61,8 +70,11 @@ impl Application {
             Dispatcher::new(store.clone(), registry.clone(), metrics.clone(), settings.limits, stop.child_token());
         let camunda = match &settings.camunda {
             Some(c) => {
-                tracing::info!(camunda = %c.url, "report mode: outcomes are reported to Camunda");
-                Some(CamundaClient::new(c)?)
+                tracing::info!(
+                    camunda = %crate::config::redact_uri(&c.url),
+                    "report mode: outcomes are reported to Camunda"
+                );
+                Some(CamundaClient::new(c, &settings.tls)?)
             }
             None => None,
         };
@@ -76,6 +88,7 @@ impl Application {
         let addr = SocketAddr::new(settings.host, settings.port);
         let listener =
             TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot bind {addr} (HOST/PORT): {e}"))?;
+        let tls = settings.tls.server.as_ref().map(crate::tls::acceptor).transpose().map_err(anyhow::Error::msg)?;
         let auth = crate::auth::Auth::new(&settings.auth).map_err(|e| anyhow::anyhow!("API_KEYS_FILE: {e}"))?;
         if auth.mode() == crate::auth::AuthMode::Open {
             tracing::warn!("AUTH_MODE=open: every route answers anyone who can reach this port, with no API key");
@@ -91,7 +104,7 @@ impl Application {
             intake,
             auth,
         };
-        Ok(Self { listener, state, broker, dispatcher, reporter, stop })
+        Ok(Self { listener, tls, state, broker, dispatcher, reporter, stop })
     }
 
     pub fn port(&self) -> u16 {
@@ -108,7 +121,7 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let Self { listener, state, broker, dispatcher, reporter, stop } = self;
+        let Self { listener, tls, state, broker, dispatcher, reporter, stop } = self;
         let settings = state.settings.clone();
         let consumers = if settings.mode.consumes() { rabbit_consumers(&state.registry) } else { Vec::new() };
         let broker_task =
@@ -136,11 +149,23 @@ impl Application {
             )),
             _ => None,
         };
-        tokio::spawn(reload_keys_on_sighup(state.auth.clone(), stop.clone()));
-        tracing::info!(port = listener.local_addr().map(|a| a.port()).unwrap_or(0), "listening");
+        // The handler is installed here, before the port answers, so a SIGHUP never finds the
+        // process without one (its default action ends the process).
+        #[cfg(unix)]
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        #[cfg(unix)]
+        tokio::spawn(reload_keys_on_sighup(state.auth.clone(), hangups, stop.clone()));
+        tracing::info!(port = listener.local_addr().map(|a| a.port()).unwrap_or(0), https = tls.is_some(), "listening");
         let http_stop = stop.clone();
         let intake = state.intake.clone();
-        axum::serve(listener, router(state)).with_graceful_shutdown(async move { http_stop.cancelled().await }).await?;
+        let metrics = state.metrics.clone();
+        match tls {
+            Some(acceptor) => {
+                let listener = crate::tls::TlsListener::new(listener, acceptor);
+                crate::guard::serve(listener, router(state), &settings.guard, metrics, http_stop).await;
+            }
+            None => crate::guard::serve(listener, router(state), &settings.guard, metrics, http_stop).await,
+        }
         // HTTP has stopped accepting; the poller unlocks what never started, consumers drain
         // (storing what was published straight to the exchange), the intake settles what it owes,
         // the relay stops.
@@ -158,22 +183,22 @@ impl Application {
 
 /// Reads the API key file again on every SIGHUP, until `stop`; requests in flight meanwhile see
 /// the old keys or the new ones. A bad file is logged and the keys in use stay.
-async fn reload_keys_on_sighup(auth: crate::auth::Auth, stop: CancellationToken) {
-    #[cfg(unix)]
-    {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = hup.recv() => match auth.reload() {
-                    Ok(keys) => tracing::info!(keys, "SIGHUP: API keys reloaded"),
-                    Err(error) => tracing::error!(%error, "SIGHUP: API key file not reloaded; the keys in use stay"),
-                },
-            }
+#[cfg(unix)]
+async fn reload_keys_on_sighup(
+    auth: crate::auth::Auth,
+    hangups: Option<tokio::signal::unix::Signal>,
+    stop: CancellationToken,
+) {
+    let Some(mut hangups) = hangups else { return };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = hangups.recv() => match auth.reload() {
+                Ok(keys) => tracing::info!(keys, "SIGHUP: API keys reloaded"),
+                Err(error) => tracing::error!(%error, "SIGHUP: API key file not reloaded; the keys in use stay"),
+            },
         }
     }
-    #[cfg(not(unix))]
-    let _ = (auth, stop);
 }
 
 /// Resolves on ctrl-c or SIGTERM.

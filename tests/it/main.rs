@@ -2,6 +2,7 @@
 //! gateway against the real RabbitMQ and MongoDB-wire servers.
 
 mod api;
+mod auth;
 mod bad_input;
 mod camunda;
 mod camunda_outcomes;
