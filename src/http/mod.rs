@@ -69,6 +69,40 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The API keys in the document: two ways to present one (Swagger UI's "Authorize" offers
+/// both), required by every operation but the public ones, each of which may then answer 401
+/// (no key, or an unknown one) and 403 (a key without the scope, topic or worker).
+fn document_access(doc: &mut serde_json::Value) {
+    let unauthorized = serde_json::json!({"description": "no API key, or an unknown one",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}});
+    let forbidden = serde_json::json!({"description": "the key lacks the scope, topic or worker_id",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}});
+    if let Some(components) = doc.get_mut("components").and_then(|c| c.as_object_mut()) {
+        components.insert(
+            "securitySchemes".into(),
+            serde_json::json!({
+                "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API key>"},
+                "api_key": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            }),
+        );
+    }
+    doc["security"] = serde_json::json!([{"bearer": []}, {"api_key": []}]);
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else { return };
+    for (path, ops) in paths.iter_mut() {
+        let Some(ops) = ops.as_object_mut() else { continue };
+        for (method, op) in ops.iter_mut() {
+            let method = axum::http::Method::from_bytes(method.to_ascii_uppercase().as_bytes());
+            let public = method.is_ok_and(|m| crate::auth::access(&m, path) == crate::auth::Access::Public);
+            if public {
+                op["security"] = serde_json::json!([]);
+            } else if let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut()) {
+                responses.entry("401").or_insert_with(|| unauthorized.clone());
+                responses.entry("403").or_insert_with(|| forbidden.clone());
+            }
+        }
+    }
+}
+
 /// The OpenAPI document with this instance's own rules filled in where the annotations cannot
 /// know them: the registered topics, and the identifier limits (`MAX_ID_LENGTH`). A client
 /// generated from it, or a fuzzer, then sends what this gateway accepts.
@@ -127,6 +161,7 @@ pub fn openapi_document(settings: &Settings, registry: &Registry) -> serde_json:
             }
         }
     }
+    document_access(&mut doc);
     // A topic's required variables, as "if the topic is T, then variables has these keys".
     let mut rules: Vec<serde_json::Value> = registry
         .iter()

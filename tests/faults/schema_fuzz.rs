@@ -1,6 +1,7 @@
-//! schemathesis (PyPI) against `/openapi.json` of a child-process gateway: no 5xx, and every
-//! response matches the documented status codes, content types and schemas. schemathesis is
-//! installed into the services' venv (`.services/venv`) when missing, pinned.
+//! schemathesis (PyPI) against `/openapi.json` of a child-process gateway with API keys on: with
+//! a valid key and without one, no 5xx, and every response matches the documented status codes,
+//! content types and schemas (without a key, that leaves only the documented 401s). schemathesis
+//! is installed into the services' venv (`.services/venv`) when missing, pinned.
 
 use std::{
     path::{Path, PathBuf},
@@ -47,12 +48,31 @@ async fn schemathesis_finds_no_server_error_and_no_schema_mismatch() {
     let lab = lab().await;
     let started = Instant::now();
     let bin = schemathesis().await;
-    let gw = Gateway::start(&lab, "schemathesis", Setup { topics: repo_topics(), ..Default::default() }).await;
-    let report = gw.log.with_file_name("schemathesis");
+    let key = crate::services::unique("fuzz-key-");
+    let keys = std::env::temp_dir().join(format!("{}.toml", crate::services::unique("fuzz-keys")));
+    let hash = worker_api_gateway::auth::hash_secret(&key);
+    let file = format!(
+        "[[keys]]\nid = \"fuzz\"\nhash = \"sha256:{hash}\"\nscopes = [\"submit\", \"read\", \"operate\", \"admin\"]\n"
+    );
+    std::fs::write(&keys, file).expect("temp dir is writable");
+    let vars = vec![("AUTH_MODE".into(), "keys".into()), ("API_KEYS_FILE".into(), keys.display().to_string())];
+    let gw = Gateway::start(&lab, "schemathesis", Setup { topics: repo_topics(), vars, ..Default::default() }).await;
     let examples = std::env::var("FAULTS_FUZZ_EXAMPLES").unwrap_or_else(|_| "50".into());
+    let mut tally =
+        Tally { scenario: "schemathesis against /openapi.json, with a key and without".into(), ..Default::default() };
+    for (run, key) in [("with-key", Some(key.as_str())), ("without-key", None)] {
+        let report = gw.log.with_file_name(format!("schemathesis-{run}"));
+        fuzz_once(&bin, &gw, &examples, &report, key, &mut tally).await;
+    }
+    gw.assert_no_secrets();
+    tally.finish(gw, started.elapsed()).await;
+}
+
+/// One schemathesis run (again once if the tool itself crashes); panics on a finding.
+async fn fuzz_once(bin: &Path, gw: &Gateway, examples: &str, report: &Path, key: Option<&str>, tally: &mut Tally) {
     let mut crashes = 0;
     let out = loop {
-        let out = run_schemathesis(&bin, &gw.api.base, &examples, &report).await;
+        let out = run_schemathesis(bin, &gw.api.base, examples, report, key).await;
         // A crash of the tool itself, not a finding: CPython 3.11's parser can raise a spurious
         // SystemError when hypothesis describes a filter from a thread (CPython gh-106905). The
         // same run again, once.
@@ -65,15 +85,15 @@ async fn schemathesis_finds_no_server_error_and_no_schema_mismatch() {
     };
     let stdout = String::from_utf8_lossy(&out.stdout);
     let summary: Vec<&str> = stdout.lines().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect();
-    eprintln!("[faults] schemathesis summary:\n{}", summary.join("\n"));
-    gw.assert_no_secrets();
-    let mut tally = Tally { scenario: "schemathesis against /openapi.json".into(), ..Default::default() };
+    let with = if key.is_some() { "with a key" } else { "without a key" };
+    eprintln!("[faults] schemathesis summary, {with}:\n{}", summary.join("\n"));
     tally.notes.push(
-        summary
-            .iter()
-            .rev()
-            .find(|l| l.contains("passed") || l.contains("failed"))
-            .map_or_else(String::new, |l| l.trim().to_owned()),
+        format!("{with}: ")
+            + &summary
+                .iter()
+                .rev()
+                .find(|l| l.contains("passed") || l.contains("failed"))
+                .map_or_else(String::new, |l| l.trim().to_owned()),
     );
     if crashes > 0 {
         tally.notes.push(format!("run again after {crashes} crash of the tool ({TOOL_CRASH})"));
@@ -84,15 +104,24 @@ async fn schemathesis_finds_no_server_error_and_no_schema_mismatch() {
         report.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    tally.finish(gw, started.elapsed()).await;
 }
 
 /// What CPython 3.11 says when its parser trips over its own recursion count.
 const TOOL_CRASH: &str = "AST constructor recursion depth mismatch";
 
-async fn run_schemathesis(bin: &Path, base: &str, examples: &str, report: &Path) -> std::process::Output {
-    tokio::process::Command::new(bin)
-        .arg("run")
+async fn run_schemathesis(
+    bin: &Path,
+    base: &str,
+    examples: &str,
+    report: &Path,
+    key: Option<&str>,
+) -> std::process::Output {
+    let mut command = tokio::process::Command::new(bin);
+    command.arg("run");
+    if let Some(key) = key {
+        command.args(["--header", &format!("Authorization: Bearer {key}")]);
+    }
+    command
         .arg(format!("{base}/openapi.json"))
         .args(["--checks", "all"])
         // DELETE /tasks/{id} cancels a task; the task stays readable (as `cancelled`), which
