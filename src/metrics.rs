@@ -1,7 +1,7 @@
 //! Prometheus metrics: one registry, typed families, rendered as text at `/metrics`. Labels are
 //! topic and outcome only: never task ids (unbounded cardinality) nor variables.
 
-use std::sync::Arc;
+use std::sync::{Arc, atomic::AtomicU64};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -12,6 +12,19 @@ use prometheus_client::{
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TopicLabel {
     pub topic: String,
+}
+
+/// Who was rate limited: a key id (bounded by the key file) or `anonymous`; never an address.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallerLabel {
+    pub caller: String,
+}
+
+/// Why a submission was shed (`backlog`, `store_latency`) or which timeout fired (`body`,
+/// `request`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -54,6 +67,19 @@ pub struct Metrics {
     pub intake_batch_seconds: Histogram,
     /// What became of each attempt to report a final outcome to Camunda.
     pub camunda_reports: Family<ReportLabels, Counter>,
+    /// The intake's recent batch time: an exponentially weighted average (each batch weighs a
+    /// fifth), read by load shedding.
+    pub intake_batch_seconds_recent: Gauge<f64, AtomicU64>,
+    /// Submissions admitted and not yet answered (the backlog load shedding bounds).
+    pub submits_admitted: Gauge,
+    /// Requests answered 429 (`crate::guard`).
+    pub rate_limited: Family<CallerLabel, Counter>,
+    /// Submissions answered 503 before they were queued (`crate::guard`).
+    pub shed: Family<ReasonLabel, Counter>,
+    /// Requests cut off by the body or the request timeout.
+    pub timeouts: Family<ReasonLabel, Counter>,
+    /// Open HTTP connections.
+    pub http_connections: Gauge,
 }
 
 impl Default for Metrics {
@@ -74,6 +100,12 @@ impl Metrics {
         let intake_batch_size = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]);
         let intake_batch_seconds = duration_histogram();
         let camunda_reports = Family::<ReportLabels, Counter>::default();
+        let intake_batch_seconds_recent = Gauge::<f64, AtomicU64>::default();
+        let submits_admitted = Gauge::default();
+        let rate_limited = Family::<CallerLabel, Counter>::default();
+        let shed = Family::<ReasonLabel, Counter>::default();
+        let timeouts = Family::<ReasonLabel, Counter>::default();
+        let http_connections = Gauge::default();
         registry.register("task_submits", "Accepted task submissions", submits.clone());
         registry.register("task_outcomes", "Handler attempt outcomes", outcomes.clone());
         registry.register("handler_duration_seconds", "Handler run time per attempt", handler_duration.clone());
@@ -82,6 +114,16 @@ impl Metrics {
         registry.register("intake_batch_size", "Tasks stored per intake batch", intake_batch_size.clone());
         registry.register("intake_batch_seconds", "Store time per intake batch", intake_batch_seconds.clone());
         registry.register("camunda_reports", "Attempts to report a final outcome to Camunda", camunda_reports.clone());
+        registry.register(
+            "intake_batch_seconds_recent",
+            "Recent store time per intake batch (weighted average)",
+            intake_batch_seconds_recent.clone(),
+        );
+        registry.register("submits_admitted", "Submissions admitted and not yet answered", submits_admitted.clone());
+        registry.register("rate_limited_requests", "Requests refused with 429 by the rate limit", rate_limited.clone());
+        registry.register("shed_requests", "Submissions refused with 503 before queueing", shed.clone());
+        registry.register("request_timeouts", "Requests cut off by the body or request timeout", timeouts.clone());
+        registry.register("http_connections", "Open HTTP connections", http_connections.clone());
         Self {
             registry: Arc::new(registry),
             submits,
@@ -92,7 +134,37 @@ impl Metrics {
             intake_batch_size,
             intake_batch_seconds,
             camunda_reports,
+            intake_batch_seconds_recent,
+            submits_admitted,
+            rate_limited,
+            shed,
+            timeouts,
+            http_connections,
         }
+    }
+
+    /// Records one intake batch's store time: the histogram, and the recent average shedding
+    /// reads. Only the intake's one writer calls it, so read-then-set does not race.
+    pub fn observe_intake_batch(&self, took: std::time::Duration) {
+        let seconds = took.as_secs_f64();
+        self.intake_batch_seconds.observe(seconds);
+        let recent = self.intake_batch_seconds_recent.get();
+        self.intake_batch_seconds_recent.set(if recent == 0.0 { seconds } else { recent + (seconds - recent) / 5.0 });
+    }
+
+    /// Counts a request refused by `caller`'s rate limit.
+    pub fn rate_limited(&self, caller: &str) {
+        self.rate_limited.get_or_create(&CallerLabel { caller: caller.to_owned() }).inc();
+    }
+
+    /// Counts a submission shed for `reason`.
+    pub fn shed(&self, reason: &str) {
+        self.shed.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc();
+    }
+
+    /// Counts a request cut off by the `body` or `request` timeout.
+    pub fn timed_out(&self, which: &str) {
+        self.timeouts.get_or_create(&ReasonLabel { reason: which.to_owned() }).inc();
     }
 
     /// Counts one accepted submission of `topic`; `result` is `created` or `existing`.

@@ -19,7 +19,8 @@ pub struct ErrorBody {
     /// Always `"error"`.
     pub status: &'static str,
     /// VALIDATION_ERROR, NOT_FOUND, CONFLICT, PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE,
-    /// METHOD_NOT_ALLOWED, SERVICE_UNAVAILABLE or INTERNAL_ERROR.
+    /// METHOD_NOT_ALLOWED, REQUEST_TIMEOUT, TOO_MANY_REQUESTS, SERVICE_UNAVAILABLE or
+    /// INTERNAL_ERROR.
     pub error_code: &'static str,
     pub error_message: String,
     /// True for 408, 429 and 5xx: the same request may succeed later.
@@ -59,6 +60,15 @@ pub enum ApiError {
     /// 415.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// 408: the request's body did not arrive in time (`BODY_READ_TIMEOUT_SECONDS`).
+    #[error("{0}")]
+    RequestTimeout(String),
+    /// 429 with `Retry-After`: over the caller's rate limit.
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after: std::time::Duration },
+    /// 503 with `Retry-After`: the gateway is shedding load, or did not answer in time.
+    #[error("{message}")]
+    Overloaded { message: String, retry_after: std::time::Duration },
     /// 503: a dependency is down; the cause is logged, not shown.
     #[error("service temporarily unavailable")]
     Unavailable(String),
@@ -86,6 +96,9 @@ impl ApiError {
             Self::Conflict(_) => (StatusCode::CONFLICT, "CONFLICT"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
             Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE"),
+            Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT"),
+            Self::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS"),
+            Self::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
         }
@@ -131,6 +144,11 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(body.clone())).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Self::TooManyRequests { retry_after, .. } | Self::Overloaded { retry_after, .. } = &self {
+            // Whole seconds, rounded up: never "0", which would invite an immediate retry.
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
         }
         // The path is filled in by `error_path` below, which sees the request.
         response.extensions_mut().insert(body);

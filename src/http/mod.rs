@@ -61,10 +61,15 @@ pub fn router(state: AppState) -> Router {
             app.merge(tasks::router()).merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", document));
     }
     // After every route is in: a route layer runs for matched routes only, and knows which.
-    app.route_layer(middleware::from_fn_with_state(state.clone(), crate::auth::authenticate))
+    // The later `route_layer` wraps the earlier, so auth runs first and the guard's limits see
+    // its `Caller`.
+    let guard = crate::guard::Guard::new(&state.settings, state.metrics.clone());
+    app.route_layer(middleware::from_fn_with_state(guard.clone(), crate::guard::admit))
+        .route_layer(middleware::from_fn_with_state(state.clone(), crate::auth::authenticate))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(guard, crate::guard::deadlines))
         .layer(middleware::from_fn(error::error_path))
         .with_state(state)
 }

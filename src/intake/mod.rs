@@ -76,7 +76,7 @@ async fn write_batch(
     metrics.intake_batch_size.observe(tasks.len() as f64);
     let started = std::time::Instant::now();
     let outcomes = store.insert_batch(tasks, ticket.at()).await;
-    metrics.intake_batch_seconds.observe(started.elapsed().as_secs_f64());
+    metrics.observe_intake_batch(started.elapsed());
     // A failed insert may still have landed: the window's debt stays, so the relay publishes it
     // if so.
     let all_answered = outcomes.iter().all(Result::is_ok);

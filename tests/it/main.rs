@@ -9,6 +9,7 @@ mod camunda_outcomes;
 #[path = "../common/mod.rs"]
 mod common;
 mod engine;
+mod guard;
 mod helpers;
 mod http2;
 mod lifecycle;
