@@ -4,9 +4,14 @@
 #
 #   docker build -t worker-api-gateway .
 #   docker run --rm -p 8000:8000 \
-#     -e MONGODB_URI=mongodb://host.docker.internal:27017 \
-#     -e RABBITMQ_URL=amqp://guest:guest@host.docker.internal:5672/%2f \
+#     -e MONGODB_URI=mongodb://USER:PASSWORD@host.docker.internal:27017/?authSource=admin \
+#     -e RABBITMQ_URL=amqp://USER:PASSWORD@host.docker.internal:5672/%2f \
+#     -e API_KEYS_FILE=/run/secrets/api-keys.toml \
+#     -v "$PWD/api-keys.toml:/run/secrets/api-keys.toml:ro" \
 #     worker-api-gateway
+#
+# (Secrets in URLs are never logged: the gateway masks passwords and query
+# values. Prefer an --env-file to -e for them, so they stay out of shell history.)
 #
 # Needs BuildKit (the default builder since Docker 23) for the cache mounts.
 
@@ -82,12 +87,16 @@ EXPOSE 8000
 
 USER 10001:10001
 
-# /health answers 503 when a dependency is down: curl --fail turns any
-# status >= 400 into a non-zero exit, reported as "unhealthy" (exit 1).
-# Run through sh so that ${PORT} is expanded at check time, from the
-# container's environment (GATEWAY_MODE=worker serves /health on PORT too).
+# Liveness, not readiness: /live answers 200 while the process serves, so a
+# MongoDB or RabbitMQ outage (which /health reports as 503, and the gateway
+# rides out on its own) never marks the container unhealthy and gets it
+# restarted by whatever acts on health. Readiness stays on /health: point a
+# load balancer or reverse proxy at it. /live needs no API key. curl --fail
+# turns any status >= 400 into a non-zero exit, reported as "unhealthy"
+# (exit 1). Run through sh so that ${PORT} is expanded at check time, from
+# the container's environment (GATEWAY_MODE=worker serves /live on PORT too).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["sh", "-c", "curl --fail --silent --show-error --max-time 4 --output /dev/null \"http://127.0.0.1:${PORT}/health\" || exit 1"]
+    CMD ["sh", "-c", "curl --fail --silent --show-error --max-time 4 --output /dev/null \"http://127.0.0.1:${PORT}/live\" || exit 1"]
 
 # The binary handles SIGTERM itself (graceful shutdown, see
 # SHUTDOWN_GRACE_SECONDS); give `docker stop` a longer timeout than that.

@@ -6,6 +6,10 @@ use std::{collections::HashMap, fmt, net::IpAddr, path::PathBuf, str::FromStr, t
 
 use crate::domain::{Limits, StatusLabels};
 
+mod redact;
+
+pub use redact::redact_uri;
+
 /// A value that must never reach a log line (a password, or a URI that may hold one).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -20,7 +24,7 @@ impl Secret {
         &self.0
     }
 
-    /// The URI with any password replaced by `***`, safe to log.
+    /// The URI with its password, query values and fragment masked ([`redact_uri`]), safe to log.
     pub fn redacted_uri(&self) -> String {
         redact_uri(&self.0)
     }
@@ -29,24 +33,6 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(***)")
-    }
-}
-
-/// Replaces the password of `scheme://user:password@host` (and anything unparsable) with `***`.
-pub fn redact_uri(uri: &str) -> String {
-    match url::Url::parse(uri) {
-        Ok(mut url) => {
-            if url.password().is_some() {
-                // Only fails for URLs that cannot have a password, which we just saw one in.
-                let _ = url.set_password(Some("***"));
-            }
-            url.to_string()
-        }
-        // MongoDB seed lists (`host1,host2`) don't parse as one URL: cut everything before '@'.
-        Err(_) => match (uri.find("://"), uri.rfind('@')) {
-            (Some(s), Some(at)) if at > s => format!("{}***@{}", &uri[..s + 3], &uri[at + 1..]),
-            _ => uri.to_owned(),
-        },
     }
 }
 
@@ -99,9 +85,11 @@ pub struct RabbitSettings {
     pub delivery_limit: u32,
 }
 
-#[derive(Debug, Clone)]
+/// `Debug` shows the URL redacted (it may carry a password or a `?token=`).
+#[derive(Clone)]
 pub struct CamundaSettings {
-    /// `CAMUNDA_URL`: the engine's REST base, e.g. http://localhost:8080/engine-rest.
+    /// `CAMUNDA_URL`: the engine's REST base, e.g. http://localhost:8080/engine-rest; may hold
+    /// credentials (user info) or a token in its query, which every call then carries.
     pub url: String,
     /// `CAMUNDA_USERNAME` (unset): basic auth user.
     pub username: Option<String>,
@@ -109,6 +97,17 @@ pub struct CamundaSettings {
     pub password: Option<Secret>,
     /// `CAMUNDA_WORKER_ID` (worker-api-gateway): worker id for pull mode.
     pub worker_id: String,
+}
+
+impl fmt::Debug for CamundaSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CamundaSettings")
+            .field("url", &redact_uri(&self.url))
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("worker_id", &self.worker_id)
+            .finish()
+    }
 }
 
 /// What `POST /tasks/submit` does with a submission that fails validation (`INVALID_SUBMISSIONS`).

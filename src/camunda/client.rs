@@ -1,14 +1,18 @@
 //! A Camunda 7 REST client for the external-task calls the gateway makes. It maps Camunda's
 //! answers onto [`CamundaError`]: 404 (task gone) and 400 (lock held by another worker, or a
 //! request Camunda refuses) are final; 5xx and network errors are worth retrying. The password
-//! never appears in errors or logs.
+//! never appears in errors or logs, nor does the URL (`CAMUNDA_URL` may carry a token). Ids go
+//! into paths one encoded segment each, and answers are read up to a bound (see [`super::rest`]).
 
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::variables::{from_typed_map, to_typed_map};
+use super::{
+    rest::{ANSWER_LIMIT, FETCH_ANSWER_LIMIT_PER_TASK, XML_ANSWER_LIMIT, endpoint, read_capped},
+    variables::{from_typed_map, to_typed_map},
+};
 use crate::{
     config::{CamundaSettings, Secret},
     topics::JsonVariables,
@@ -95,15 +99,27 @@ impl CamundaClient {
         Ok(Self { http, base: settings.url.clone(), auth })
     }
 
-    pub fn base_url(&self) -> &str {
-        &self.base
+    /// `CAMUNDA_URL` as it may be shown: its password and query values masked.
+    pub fn base_url(&self) -> String {
+        crate::config::redact_uri(&self.base)
     }
 
-    async fn call(&self, path: &str, body: Option<Value>, timeout: Duration) -> Result<Value, CamundaError> {
-        let url = format!("{}{path}", self.base);
+    /// The URL of `segments` (ids among them) under `CAMUNDA_URL`, with `query` added.
+    fn url(&self, segments: &[&str], query: &[(&str, &str)]) -> Result<url::Url, CamundaError> {
+        endpoint(&self.base, segments, query)
+    }
+
+    /// One call; the answer is read up to `limit` bytes.
+    async fn call(
+        &self,
+        url: url::Url,
+        body: Option<Value>,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<Value, CamundaError> {
         let mut request = match &body {
-            Some(b) => self.http.post(&url).json(b),
-            None => self.http.get(&url),
+            Some(b) => self.http.post(url).json(b),
+            None => self.http.get(url),
         }
         .timeout(timeout);
         if let Some((user, password)) = &self.auth {
@@ -114,7 +130,12 @@ impl CamundaClient {
             CamundaError::Unavailable(if e.is_timeout() { "timed out".to_owned() } else { e.to_string() })
         })?;
         let status = response.status();
-        let text = response.text().await.unwrap_or_default();
+        let text = match read_capped(response, limit).await {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            // An error's body only lends its message; the status still decides.
+            Err(_) if !status.is_success() => String::new(),
+            Err(e) => return Err(e),
+        };
         let message = || {
             serde_json::from_str::<Value>(&text)
                 .ok()
@@ -150,7 +171,9 @@ impl CamundaClient {
             "topics": topics,
         });
         // The HTTP timeout must outlast the long poll.
-        let answer = self.call("/external-task/fetchAndLock", Some(body), wait + Duration::from_secs(10)).await?;
+        let url = self.url(&["external-task", "fetchAndLock"], &[])?;
+        let limit = FETCH_ANSWER_LIMIT_PER_TASK.saturating_mul(max_tasks.max(1) as usize);
+        let answer = self.call(url, Some(body), wait + Duration::from_secs(10), limit).await?;
         let raw: Vec<RawLockedTask> =
             serde_json::from_value(answer).map_err(|e| CamundaError::Unavailable(format!("unexpected answer: {e}")))?;
         Ok(raw
@@ -178,7 +201,8 @@ impl CamundaClient {
     ) -> Result<(), CamundaError> {
         let key = if local { "localVariables" } else { "variables" };
         let body = json!({"workerId": worker_id, key: to_typed_map(variables, json)});
-        self.call(&format!("/external-task/{task_id}/complete"), Some(body), Self::CALL_TIMEOUT).await.map(|_| ())
+        let url = self.url(&["external-task", task_id, "complete"], &[])?;
+        self.call(url, Some(body), Self::CALL_TIMEOUT, ANSWER_LIMIT).await.map(|_| ())
     }
 
     /// Throws BPMN error `code`; `errorMessage` is also set as a process variable, which is
@@ -192,7 +216,8 @@ impl CamundaClient {
     ) -> Result<(), CamundaError> {
         let body = json!({"workerId": worker_id, "errorCode": code, "errorMessage": message,
             "variables": {"errorMessage": {"value": message, "type": "String"}}});
-        self.call(&format!("/external-task/{task_id}/bpmnError"), Some(body), Self::CALL_TIMEOUT).await.map(|_| ())
+        let url = self.url(&["external-task", task_id, "bpmnError"], &[])?;
+        self.call(url, Some(body), Self::CALL_TIMEOUT, ANSWER_LIMIT).await.map(|_| ())
     }
 
     /// Reports a failure; with `retries` 0 Camunda raises an incident showing `message` (cut to
@@ -213,26 +238,31 @@ impl CamundaClient {
             "retries": retries,
             "retryTimeout": retry_timeout.as_millis() as u64,
         });
-        self.call(&format!("/external-task/{task_id}/failure"), Some(body), Self::CALL_TIMEOUT).await.map(|_| ())
+        let url = self.url(&["external-task", task_id, "failure"], &[])?;
+        self.call(url, Some(body), Self::CALL_TIMEOUT, ANSWER_LIMIT).await.map(|_| ())
     }
 
     pub async fn extend_lock(&self, task_id: &str, worker_id: &str, duration: Duration) -> Result<(), CamundaError> {
         let body = json!({"workerId": worker_id, "newDuration": duration.as_millis() as u64});
-        self.call(&format!("/external-task/{task_id}/extendLock"), Some(body), Self::CALL_TIMEOUT).await.map(|_| ())
+        let url = self.url(&["external-task", task_id, "extendLock"], &[])?;
+        self.call(url, Some(body), Self::CALL_TIMEOUT, ANSWER_LIMIT).await.map(|_| ())
     }
 
     pub async fn unlock(&self, task_id: &str) -> Result<(), CamundaError> {
-        self.call(&format!("/external-task/{task_id}/unlock"), Some(json!({})), Self::CALL_TIMEOUT).await.map(|_| ())
+        let url = self.url(&["external-task", task_id, "unlock"], &[])?;
+        self.call(url, Some(json!({})), Self::CALL_TIMEOUT, ANSWER_LIMIT).await.map(|_| ())
     }
 
     pub async fn get(&self, task_id: &str) -> Result<ExternalTaskInfo, CamundaError> {
-        let v = self.call(&format!("/external-task/{task_id}"), None, Self::CALL_TIMEOUT).await?;
+        let url = self.url(&["external-task", task_id], &[])?;
+        let v = self.call(url, None, Self::CALL_TIMEOUT, ANSWER_LIMIT).await?;
         serde_json::from_value(v).map_err(|e| CamundaError::Unavailable(format!("unexpected answer: {e}")))
     }
 
     /// The BPMN 2.0 XML of a process definition.
     pub async fn definition_xml(&self, definition_id: &str) -> Result<String, CamundaError> {
-        let v = self.call(&format!("/process-definition/{definition_id}/xml"), None, Self::CALL_TIMEOUT).await?;
+        let url = self.url(&["process-definition", definition_id, "xml"], &[])?;
+        let v = self.call(url, None, Self::CALL_TIMEOUT, XML_ANSWER_LIMIT).await?;
         v.get("bpmn20Xml")
             .and_then(Value::as_str)
             .map(str::to_owned)
@@ -253,8 +283,10 @@ impl CamundaClient {
             #[serde(default)]
             deletion_log: bool,
         }
-        let path = format!("/history/external-task-log?externalTaskId={task_id}&sortBy=timestamp&sortOrder=desc");
-        let v = self.call(&path, None, Self::CALL_TIMEOUT).await?;
+        let query = [("externalTaskId", task_id), ("sortBy", "timestamp"), ("sortOrder", "desc")];
+        let v = self
+            .call(self.url(&["history", "external-task-log"], &query)?, None, Self::CALL_TIMEOUT, ANSWER_LIMIT)
+            .await?;
         let log: Vec<LogEntry> =
             serde_json::from_value(v).map_err(|e| CamundaError::Unavailable(format!("unexpected answer: {e}")))?;
         let Some(end) = log.into_iter().find(|e| e.success_log || e.deletion_log) else { return Ok(TaskFate::Unknown) };
@@ -262,7 +294,10 @@ impl CamundaClient {
             return Ok(TaskFate::EndedBy { worker_id: end.worker_id });
         }
         let instance = match &end.process_instance_id {
-            Some(pid) => self.call(&format!("/history/process-instance/{pid}"), None, Self::CALL_TIMEOUT).await?,
+            Some(pid) => {
+                let url = self.url(&["history", "process-instance", pid], &[])?;
+                self.call(url, None, Self::CALL_TIMEOUT, ANSWER_LIMIT).await?
+            }
             None => Value::Null,
         };
         Ok(match instance.get("state").and_then(Value::as_str) {
@@ -273,6 +308,7 @@ impl CamundaClient {
 
     /// Whether the engine answers (for `/health`).
     pub async fn ping(&self) -> bool {
-        self.call("/engine", None, Duration::from_secs(3)).await.is_ok()
+        let Ok(url) = self.url(&["engine"], &[]) else { return false };
+        self.call(url, None, Duration::from_secs(3), ANSWER_LIMIT).await.is_ok()
     }
 }

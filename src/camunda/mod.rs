@@ -6,6 +6,7 @@ mod bpmn;
 mod client;
 mod poller;
 mod reporter;
+mod rest;
 pub mod variables;
 
 pub use bpmn::ErrorCatchers;

@@ -3,7 +3,8 @@
 //! fails, carrying every concurrent call as a stream. It exists for memory: a call waiting for its
 //! answer holds one h2 stream and this module's small future, instead of reqwest's and the pooled
 //! client's layers (about 9.5 KB a call). It only POSTs JSON and reads the answer under a size
-//! cap; what the answer means is `http_handler`'s business. It never logs or returns the URL.
+//! cap; what the answer means is `http_handler`'s business (a 3xx is an answer like any other:
+//! no redirect is followed). It never logs or returns the URL.
 
 use std::{
     sync::{
@@ -105,6 +106,11 @@ impl H2cClient {
         if !want_body(status) {
             // Dropping the body resets the stream: nothing more is read or buffered.
             return Ok(Answer { status, body: Bytes::new() });
+        }
+        let declared =
+            response.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_ANSWER_BYTES as u64) {
+            return Err(CallError::TooLarge);
         }
         let body = read_capped(response.into_body()).await?;
         Ok(Answer { status, body })

@@ -2,7 +2,9 @@
 //! table the seed's workers use (2xx success, 400/404/422 business error, 408/429/5xx/timeout/
 //! connection error retryable). It never logs the URL's credentials or the response body.
 //! HTTP/1.1 and `https://` calls go through reqwest; `http2 = true` on an `http://` URL goes
-//! through the lean [`H2cClient`], which holds far less per call in flight.
+//! through the lean [`H2cClient`], which holds far less per call in flight. Either way the answer
+//! is read up to [`MAX_ANSWER_BYTES`], and a redirect is followed only within the URL's origin
+//! ([`redirect_policy`]; the h2c path follows none).
 
 use std::time::Duration;
 
@@ -11,7 +13,7 @@ use http::StatusCode;
 use serde_json::{Value, json};
 
 use super::{
-    h2c::{CallError, H2cClient},
+    h2c::{CallError, H2cClient, MAX_ANSWER_BYTES},
     handler::{Handler, HandlerContext, HandlerError, Variables},
 };
 
@@ -37,6 +39,37 @@ impl HttpHandler {
     pub fn h2c(url: &str, timeout: Duration) -> Result<Self, String> {
         Ok(Self { transport: Transport::H2c(Box::new(H2cClient::new(url)?)), timeout })
     }
+}
+
+/// Most redirects followed, all within the origin of the configured URL.
+const MAX_REDIRECTS: usize = 5;
+
+/// Why a redirect was not followed; reqwest hands it back as the source of its redirect error.
+#[derive(Debug, thiserror::Error)]
+enum RedirectRefused {
+    #[error("downstream redirected to another origin (scheme, host or port); only same-origin redirects are followed")]
+    OtherOrigin,
+    #[error("downstream redirected more than {MAX_REDIRECTS} times")]
+    TooMany,
+}
+
+/// The redirect policy of the clients `http` handlers call through: follow a redirect only to
+/// the origin (scheme, host, port) of the URL first called, at most [`MAX_REDIRECTS`] times. A
+/// redirect elsewhere would hand the task's variables (a 307/308 re-POSTs them) and whatever the
+/// Location asks to a host nobody configured; it fails the task instead, for good, since it will
+/// not change by itself.
+pub fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        // `previous` starts with the URL first called.
+        let origin = attempt.previous().first().map(url::Url::origin);
+        if origin.is_some_and(|o| o != attempt.url().origin()) {
+            attempt.error(RedirectRefused::OtherOrigin)
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(RedirectRefused::TooMany)
+        } else {
+            attempt.follow()
+        }
+    })
 }
 
 /// What is POSTed: the task, by reference, so the variables are serialized without a copy.
@@ -100,19 +133,60 @@ impl HttpHandler {
         let response = match request.send().await {
             Ok(r) => r,
             Err(e) if e.is_timeout() => return Err(HandlerError::retryable("downstream timed out")),
+            Err(e) if e.is_redirect() => return Err(HandlerError::business("processing", redirect_refused(&e))),
             Err(e) => return Err(HandlerError::retryable(format!("downstream unreachable: {}", e.without_url()))),
         };
         let status = response.status();
         if !wants_body(status) {
             return Ok((status, Bytes::new()));
         }
-        match response.bytes().await {
+        match read_capped(response).await {
             Ok(bytes) => Ok((status, bytes)),
+            Err(None) => Err(HandlerError::business("processing", CallError::TooLarge.to_string())),
             // A business error's message is a nicety; without it the status still decides.
-            Err(_) if !status.is_success() => Ok((status, Bytes::new())),
-            Err(e) => Err(HandlerError::retryable(format!("reading downstream answer: {}", e.without_url()))),
+            Err(Some(_)) if !status.is_success() => Ok((status, Bytes::new())),
+            Err(Some(e)) => Err(HandlerError::retryable(format!("reading downstream answer: {}", e.without_url()))),
         }
     }
+}
+
+/// Why a redirect was not followed, in words that never hold the URL (the Location may carry
+/// secrets as much as the configured URL does).
+fn redirect_refused(error: &reqwest::Error) -> String {
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(refused) = e.downcast_ref::<RedirectRefused>() {
+            return refused.to_string();
+        }
+        source = e.source();
+    }
+    "downstream redirect not followed".to_owned()
+}
+
+/// The answer's body up to [`MAX_ANSWER_BYTES`]: `Err(None)` when it is larger (as declared or
+/// as it arrives; the rest is not read), `Err(Some(_))` when reading it failed.
+async fn read_capped(mut response: reqwest::Response) -> Result<Bytes, Option<reqwest::Error>> {
+    if response.content_length().is_some_and(|n| n > MAX_ANSWER_BYTES as u64) {
+        return Err(None);
+    }
+    // Most answers are one chunk: keep it as it came, copy only when a second arrives.
+    let mut first: Option<Bytes> = None;
+    let mut rest: Vec<u8> = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let held = first.as_ref().map_or(0, Bytes::len) + rest.len();
+        if held + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(None);
+        }
+        match first.take() {
+            None if rest.is_empty() => first = Some(chunk),
+            None => rest.extend_from_slice(&chunk),
+            Some(head) => {
+                rest.extend_from_slice(&head);
+                rest.extend_from_slice(&chunk);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| Bytes::from(rest)))
 }
 
 /// The answer table: what a downstream's status and body mean for the task.

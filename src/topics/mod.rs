@@ -12,7 +12,7 @@ mod spec;
 use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 pub use handler::{Handler, HandlerContext, HandlerError, MemoryProgress, ProcessingStep, ProgressSink, Variables};
-pub use http_handler::HttpHandler;
+pub use http_handler::{HttpHandler, redirect_policy};
 pub use nova_publicacao::NovaPublicacao;
 pub use say_hello::SayHello;
 pub use spec::{
@@ -29,7 +29,8 @@ pub struct Topic {
 /// What native handlers may need from the running gateway.
 pub struct NativeDeps {
     pub database: mongodb::Database,
-    /// For `http` handlers (HTTP/1.1, or HTTP/2 when TLS negotiates it).
+    /// For `http` handlers (HTTP/1.1, or HTTP/2 when TLS negotiates it). Both clients must be
+    /// built with [`redirect_policy`]: reqwest's default follows redirects to any host.
     pub http: reqwest::Client,
     /// For `http` handlers with `http2 = true` on an `https://` URL: HTTP/2 only (ALPN). On
     /// `http://` such topics use their own lean HTTP/2 cleartext connection instead.

@@ -12,6 +12,7 @@ mod engine;
 mod guard;
 mod helpers;
 mod http2;
+mod leaks;
 mod lifecycle;
 mod publishing;
 mod seed_workers;
