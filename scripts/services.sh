@@ -7,7 +7,8 @@
 #   scripts/services.sh env    print .services/env (source it in your shell)
 #
 # Services:
-#   RabbitMQ    Debian's rabbitmq-server (3.10), 127.0.0.1:5672, guest/guest
+#   RabbitMQ    Debian's rabbitmq-server (3.10), 127.0.0.1:5672, guest/guest;
+#               also amqps on 127.0.0.1:5671 with a test CA (.services/tls/)
 #   SecantusDB  MongoDB-compatible server from PyPI, in .services/venv,
 #               127.0.0.1:$SERVICES_MONGO_PORT (default 27017)
 #   Camunda     7.24 test engine built with Maven from tests/camunda-engine/
@@ -61,6 +62,20 @@ RABBIT_HOST=127.0.0.1
 RABBIT_PORT=5672
 RABBIT_START_TIMEOUT=120
 RABBIT_ENV_CONF=/etc/rabbitmq/rabbitmq-env.conf
+# The TLS listener the amqps tests use, configured by a file of ours in the
+# server's conf.d (3.10 reads every /etc/rabbitmq/conf.d/*.conf).
+RABBIT_TLS_PORT=5671
+RABBIT_TLS_CONF=/etc/rabbitmq/conf.d/50-worker-gateway-tls.conf
+
+# --- Test certificates --------------------------------------------------------
+# A test CA and a server certificate it signed (localhost, 127.0.0.1), made
+# with the openssl CLI once and kept while they are valid for 30 more days.
+# Tests that need other certificates make their own.
+TLS_DIR="$SERVICES_DIR/tls"
+TLS_CA="$TLS_DIR/ca.pem"
+TLS_CA_KEY="$TLS_DIR/ca.key"
+TLS_SERVER_CERT="$TLS_DIR/server.pem"
+TLS_SERVER_KEY="$TLS_DIR/server.key"
 
 log() { printf '[services] %s\n' "$*" >&2; }
 die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -104,6 +119,54 @@ apt_install() {
 
 require_root() {
     [ "$(id -u)" = 0 ] || die "run as root (needs apt-get and the rabbitmq user)"
+}
+
+# ============================================================================
+# Test certificates
+# ============================================================================
+
+# True if the server certificate exists, chains to the CA, and stays valid
+# for 30 days.
+tls_material_valid() {
+    [ -s "$TLS_CA" ] && [ -s "$TLS_CA_KEY" ] && [ -s "$TLS_SERVER_CERT" ] && [ -s "$TLS_SERVER_KEY" ] || return 1
+    openssl verify -CAfile "$TLS_CA" "$TLS_SERVER_CERT" >/dev/null 2>&1 || return 1
+    openssl x509 -checkend $((30 * 24 * 3600)) -noout -in "$TLS_SERVER_CERT" >/dev/null 2>&1
+}
+
+# Makes the test CA and server certificate unless valid ones exist. Sets
+# TLS_MATERIAL_CHANGED=1 when it made new ones (a running server must reload).
+TLS_MATERIAL_CHANGED=0
+tls_material() {
+    command -v openssl >/dev/null 2>&1 || apt_install openssl
+    if tls_material_valid; then
+        return 0
+    fi
+    log "making the test CA and server certificate in $TLS_DIR"
+    mkdir -p "$TLS_DIR"
+    chmod 755 "$TLS_DIR"
+    local ext="$TLS_DIR/server.ext" csr="$TLS_DIR/server.csr"
+    quiet openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout "$TLS_CA_KEY" -out "$TLS_CA" -days 3650 -subj "/CN=worker-api-gateway test CA" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+    quiet openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout "$TLS_SERVER_KEY" -out "$csr" -subj "/CN=localhost"
+    printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=critical,CA:FALSE" \
+        "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" >"$ext"
+    quiet openssl x509 -req -in "$csr" -CA "$TLS_CA" -CAkey "$TLS_CA_KEY" \
+        -set_serial "0x$(openssl rand -hex 16)" -days 825 -extfile "$ext" -out "$TLS_SERVER_CERT"
+    rm -f "$csr" "$ext"
+    # The CA key stays root's; the server key is the broker's to read (it runs
+    # as the rabbitmq user), nobody else's.
+    chmod 600 "$TLS_CA_KEY"
+    chmod 644 "$TLS_CA" "$TLS_SERVER_CERT"
+    if getent group rabbitmq >/dev/null 2>&1; then
+        chgrp rabbitmq "$TLS_SERVER_KEY"
+        chmod 640 "$TLS_SERVER_KEY"
+    else
+        chmod 600 "$TLS_SERVER_KEY"
+    fi
+    tls_material_valid || die "the test certificates in $TLS_DIR do not verify"
+    TLS_MATERIAL_CHANGED=1
 }
 
 # ============================================================================
@@ -163,9 +226,59 @@ rabbit_fix_nodename() {
         >>"$RABBIT_ENV_CONF"
 }
 
+# Writes the TLS listener's config (listeners.ssl, the test CA and server
+# certificate; a client certificate is checked when offered, not required).
+# Sets RABBIT_TLS_CONF_CHANGED=1 when the file was written anew.
+RABBIT_TLS_CONF_CHANGED=0
+rabbit_tls_config() {
+    local want
+    want="$(
+        printf '# Written by scripts/services.sh: the TLS listener for the amqps tests.\n'
+        printf 'listeners.ssl.default = %s:%s\n' "$RABBIT_HOST" "$RABBIT_TLS_PORT"
+        printf 'ssl_options.cacertfile = %s\n' "$TLS_CA"
+        printf 'ssl_options.certfile = %s\n' "$TLS_SERVER_CERT"
+        printf 'ssl_options.keyfile = %s\n' "$TLS_SERVER_KEY"
+        printf 'ssl_options.verify = verify_peer\n'
+        printf 'ssl_options.fail_if_no_peer_cert = false\n'
+    )"
+    if [ -f "$RABBIT_TLS_CONF" ] && [ "$(cat "$RABBIT_TLS_CONF")" = "$want" ]; then
+        return 0
+    fi
+    mkdir -p "$(dirname "$RABBIT_TLS_CONF")"
+    log "writing $RABBIT_TLS_CONF (TLS listener on $RABBIT_HOST:$RABBIT_TLS_PORT)"
+    printf '%s\n' "$want" >"$RABBIT_TLS_CONF"
+    chmod 644 "$RABBIT_TLS_CONF"
+    RABBIT_TLS_CONF_CHANGED=1
+}
+
+# A node started before the TLS listener was configured (or before its
+# certificates were renewed) must restart once to load it. The plain listener
+# comes back with it; tests running meanwhile see the broker go down and back.
+rabbit_restart_for_tls() {
+    local changed="$1"
+    rabbit_ping || return 0
+    if [ "$changed" != 1 ] && port_open "$RABBIT_HOST" "$RABBIT_TLS_PORT"; then
+        return 0
+    fi
+    log "restarting RabbitMQ once to load its TLS listener ($RABBIT_TLS_CONF)"
+    quiet rabbit_ctl stop || die "rabbitmqctl stop failed"
+    local deadline=$((SECONDS + RABBIT_START_TIMEOUT))
+    while rabbit_ping; do
+        [ "$SECONDS" -lt "$deadline" ] || die "RabbitMQ did not stop in ${RABBIT_START_TIMEOUT}s"
+        sleep 1
+    done
+}
+
 rabbit_up() {
     rabbit_install
     rabbit_fix_nodename
+    tls_material
+    rabbit_tls_config
+    if [ "$TLS_MATERIAL_CHANGED" = 1 ] || [ "$RABBIT_TLS_CONF_CHANGED" = 1 ]; then
+        rabbit_restart_for_tls 1
+    else
+        rabbit_restart_for_tls 0
+    fi
 
     if ! rabbit_ping; then
         log "starting RabbitMQ"
@@ -210,7 +323,14 @@ rabbit_up() {
     rabbit_app_running || die "RabbitMQ is not running after start"
     port_open "$RABBIT_HOST" "$RABBIT_PORT" ||
         die "RabbitMQ runs but nothing listens on $RABBIT_HOST:$RABBIT_PORT"
-    log "RabbitMQ ready on $RABBIT_HOST:$RABBIT_PORT"
+    # The TLS listener starts with the app, right after the plain one.
+    local deadline=$((SECONDS + 30))
+    until port_open "$RABBIT_HOST" "$RABBIT_TLS_PORT"; do
+        [ "$SECONDS" -lt "$deadline" ] ||
+            die "RabbitMQ runs but its TLS listener is not on $RABBIT_HOST:$RABBIT_TLS_PORT (see /var/log/rabbitmq/, $RABBIT_TLS_CONF)"
+        sleep 1
+    done
+    log "RabbitMQ ready on $RABBIT_HOST:$RABBIT_PORT (amqps on $RABBIT_TLS_PORT)"
 }
 
 rabbit_down() {
@@ -441,6 +561,8 @@ write_env() {
         echo "export SERVICES_DIR=$SERVICES_DIR"
         echo "export MONGODB_URI=mongodb://$MONGO_HOST:$MONGO_PORT"
         echo "export RABBITMQ_URL=amqp://guest:guest@$RABBIT_HOST:$RABBIT_PORT/%2f"
+        echo "export RABBITMQ_TLS_URL=amqps://guest:guest@$RABBIT_HOST:$RABBIT_TLS_PORT/%2f"
+        echo "export SERVICES_TLS_CA=$TLS_CA"
         echo "export SEED_REFERENCE_DIR=$SEED_REFERENCE_DIR"
         echo "export SEED_WORKERS_PYTHON=$SEED_VENV/bin/python"
         camunda_env
@@ -466,7 +588,7 @@ cmd_up() {
     camunda_up
     seed_workers_venv
     write_env
-    echo "services up in $((SECONDS - start))s: RabbitMQ $RABBIT_HOST:$RABBIT_PORT, SecantusDB $MONGO_HOST:$MONGO_PORT; env in $ENV_FILE"
+    echo "services up in $((SECONDS - start))s: RabbitMQ $RABBIT_HOST:$RABBIT_PORT (amqps $RABBIT_TLS_PORT), SecantusDB $MONGO_HOST:$MONGO_PORT; env in $ENV_FILE"
 }
 
 cmd_down() {

@@ -41,7 +41,10 @@ impl Application {
             "starting"
         );
         let store = MongoStore::connect(&settings.mongodb).await?;
-        store.ensure_indexes().await.map_err(|e| anyhow::anyhow!("MongoDB at MONGODB_URI: {e}"))?;
+        store.ensure_indexes().await.map_err(|e| match store.tls_failure() {
+            Some(tls) => anyhow::anyhow!("MongoDB at {tls}"),
+            None => anyhow::anyhow!("MongoDB at MONGODB_URI: {e}"),
+        })?;
         // Handlers follow redirects only within their URL's origin (topics::redirect_policy).
         // Trusting the system roots plus CA_BUNDLE_FILE (crate::tls).
         let tls_client = || crate::tls::http_client_builder(&settings.tls, None).map_err(anyhow::Error::msg);

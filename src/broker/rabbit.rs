@@ -20,6 +20,7 @@ use lapin::{
         BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
         QueueDeclareOptions,
     },
+    tcp::OwnedTLSConfig,
     types::{AMQPValue, FieldTable},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -58,6 +59,8 @@ pub struct ConsumerSpec {
 
 struct Inner {
     url: Secret,
+    /// For `amqps://` (ignored on `amqp://`): trusted CAs and the client certificate.
+    tls: OwnedTLSConfig,
     topology: Topology,
     topics: Vec<String>,
     publisher: RwLock<Option<Channel>>,
@@ -76,6 +79,18 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// simply split across frames.
 const FRAME_MAX: u32 = 16 * 1024;
 
+/// Why a connection could not be opened, and whether TLS was the reason.
+struct ConnectFailure {
+    message: String,
+    tls: bool,
+}
+
+impl ConnectFailure {
+    fn other(message: impl Into<String>) -> Self {
+        Self { message: message.into(), tls: false }
+    }
+}
+
 #[derive(Clone)]
 pub struct RabbitBroker {
     inner: Arc<Inner>,
@@ -88,6 +103,7 @@ impl RabbitBroker {
         Self {
             inner: Arc::new(Inner {
                 url,
+                tls: OwnedTLSConfig::default(),
                 topology,
                 topics,
                 publisher: RwLock::new(None),
@@ -99,6 +115,70 @@ impl RabbitBroker {
 
     pub fn topology(&self) -> &Topology {
         &self.inner.topology
+    }
+
+    /// The TLS settings `amqps://` connections use (`crate::tls::amqp_tls_config`).
+    pub fn with_tls(mut self, tls: OwnedTLSConfig) -> Self {
+        let inner = Arc::get_mut(&mut self.inner).expect("with_tls is called on a new broker, before any clone");
+        inner.tls = tls;
+        self
+    }
+
+    /// Opens one AMQP connection; its errors name the broker (host:port) and the reason, a failed
+    /// TLS handshake's included. Never the URL, which may hold a password.
+    async fn connect(&self) -> Result<Connection, ConnectFailure> {
+        let props = ConnectionProperties::default().with_connection_name("worker-api-gateway".into());
+        let mut uri: lapin::uri::AMQPUri = self
+            .inner
+            .url
+            .expose()
+            .parse()
+            .map_err(|_| ConnectFailure::other("RABBITMQ_URL is not a valid AMQP URI"))?;
+        uri.query.frame_max.get_or_insert(FRAME_MAX);
+        let (host, port) = (uri.authority.host.clone(), uri.authority.port);
+        let tls = uri.scheme == lapin::uri::AMQPScheme::AMQPS;
+        let peer = format!("RabbitMQ at {host}:{port}");
+        let runtime = lapin::runtime::default_runtime().map_err(|e| ConnectFailure::other(format!("{peer}: {e}")))?;
+        let error = match Connection::connect_uri_with_config(uri, props, self.inner.tls.clone(), runtime).await {
+            Ok(conn) => return Ok(conn),
+            Err(e) => e,
+        };
+        if let Some(reason) = crate::tls::tls_cause(&error) {
+            return Err(ConnectFailure { message: format!("{peer}: TLS handshake failed: {reason}"), tls: true });
+        }
+        // Under TLS 1.3 the broker refuses a client certificate after lapin thinks the handshake
+        // done, and lapin reports a reset: ask a probe, which reads the broker's alert.
+        if tls && error.is_io_error() {
+            const AMQP_0_9_1_HEADER: &[u8] = b"AMQP\x00\x00\x09\x01";
+            if let crate::tls::ProbeOutcome::Refused(reason) =
+                crate::tls::probe(&host, port, &self.inner.tls, AMQP_0_9_1_HEADER).await
+            {
+                return Err(ConnectFailure { message: format!("{peer}: {reason}"), tls: true });
+            }
+        }
+        Err(ConnectFailure::other(format!("{peer}: {error}")))
+    }
+
+    /// For `amqps://`: one connection attempt, so that a broker whose certificate is not trusted
+    /// (or that refuses ours) stops start-up with the reason. A broker that cannot be reached is
+    /// not an error here: the supervisor keeps trying, and tasks are accepted meanwhile.
+    pub async fn check_tls(&self) -> Result<(), String> {
+        if !self.inner.url.expose().trim_start().to_ascii_lowercase().starts_with("amqps://") {
+            return Ok(());
+        }
+        match tokio::time::timeout(Duration::from_secs(10), self.connect()).await {
+            Ok(Ok(conn)) => {
+                let _ = conn.close(200, "TLS checked".into()).await;
+                Ok(())
+            }
+            Ok(Err(failure)) if failure.tls => Err(failure.message),
+            Ok(Err(failure)) => {
+                let error = failure.message;
+                tracing::warn!(%error, "rabbitmq not reachable at start; tasks are accepted and published later");
+                Ok(())
+            }
+            Err(_) => Ok(()),
+        }
     }
 
     /// The supervisor: connects, declares, consumes, and reconnects with backoff after any loss,
@@ -191,11 +271,7 @@ impl RabbitBroker {
         grace: Duration,
         up: &mut bool,
     ) -> Result<(), String> {
-        let props = ConnectionProperties::default().with_connection_name("worker-api-gateway".into());
-        let mut uri: lapin::uri::AMQPUri =
-            self.inner.url.expose().parse().map_err(|_| "RABBITMQ_URL is not a valid AMQP URI".to_owned())?;
-        uri.query.frame_max.get_or_insert(FRAME_MAX);
-        let conn = Connection::connect_uri(uri, props).await.map_err(|e| e.to_string())?;
+        let conn = self.connect().await.map_err(|f| f.message)?;
         let mut events = conn.events_listener();
         let setup = conn.create_channel().await.map_err(|e| e.to_string())?;
         self.declare(&setup).await.map_err(|e| e.to_string())?;

@@ -92,8 +92,11 @@ pub struct CamundaClient {
 }
 
 impl CamundaClient {
-    pub fn new(settings: &CamundaSettings) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build()?;
+    /// Trusts the system roots plus `CA_BUNDLE_FILE`, and presents `CAMUNDA_CLIENT_CERT_FILE`
+    /// when set (`tls`).
+    pub fn new(settings: &CamundaSettings, tls: &crate::tls::TlsSettings) -> anyhow::Result<Self> {
+        let builder = crate::tls::http_client_builder(tls, tls.camunda_client.as_ref()).map_err(anyhow::Error::msg)?;
+        let http = builder.connect_timeout(Duration::from_secs(5)).build()?;
         let auth =
             settings.username.clone().map(|user| (user, settings.password.clone().unwrap_or_else(|| Secret::new(""))));
         Ok(Self { http, base: settings.url.clone(), auth })
@@ -125,10 +128,8 @@ impl CamundaClient {
         if let Some((user, password)) = &self.auth {
             request = request.basic_auth(user, Some(password.expose()));
         }
-        let response = request.send().await.map_err(|e| {
-            let e = e.without_url();
-            CamundaError::Unavailable(if e.is_timeout() { "timed out".to_owned() } else { e.to_string() })
-        })?;
+        // Names the peer (host:port, never the URL) and the reason, a failed TLS handshake's too.
+        let response = request.send().await.map_err(|e| CamundaError::Unavailable(crate::tls::request_error(&e)))?;
         let status = response.status();
         let text = match read_capped(response, limit).await {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),

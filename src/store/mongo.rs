@@ -2,7 +2,7 @@
 //! `updateOne` whose filter holds the expected state; no multi-document transactions. It must not
 //! log variables or URIs.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use async_trait::async_trait;
 use bson::{DateTime as BsonDate, Document, doc};
@@ -29,6 +29,8 @@ use crate::{
 pub struct MongoStore {
     tasks: Collection<TaskRecord>,
     database: Database,
+    /// With TLS in the URI: the last server that failed a TLS handshake, and why (see `connect`).
+    tls_failure: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// Maps a driver error: anything that says "the server is not reachable" becomes `Unavailable`.
@@ -80,12 +82,31 @@ impl MongoStore {
         // SIGKILL (seen with the test server: a claim acknowledged, then gone after the restart).
         // An explicit `w`/`journal` in the URI is the operator's choice and is kept.
         options.write_concern.get_or_insert_with(durable_write_concern);
+        // The driver's server-selection error only summarises why each server is unusable: keep
+        // the failed TLS handshakes it sees, structured, to name the server and the reason.
+        let tls_failure = Arc::new(std::sync::Mutex::new(None));
+        if matches!(options.tls, Some(mongodb::options::Tls::Enabled(_))) {
+            let slot = tls_failure.clone();
+            options.sdam_event_handler = Some(mongodb::event::EventHandler::callback(move |event| {
+                let mongodb::event::sdam::SdamEvent::ServerHeartbeatFailed(failed) = event else { return };
+                let ErrorKind::Io(io) = failed.failure.kind.as_ref() else { return };
+                if let (Some(reason), Ok(mut slot)) = (crate::tls::tls_cause(io.as_ref()), slot.lock()) {
+                    *slot = Some(format!("{}: TLS handshake failed: {reason}", failed.server_address));
+                }
+            }));
+        }
         let client = mongodb::Client::with_options(options).map_err(classify)?;
-        Ok(Self::new(client.database(&settings.database)))
+        Ok(Self { tls_failure, ..Self::new(client.database(&settings.database)) })
     }
 
     pub fn new(database: Database) -> Self {
-        Self { tasks: database.collection("tasks"), database }
+        Self { tasks: database.collection("tasks"), database, tls_failure: Arc::default() }
+    }
+
+    /// `host:port: TLS handshake failed: reason` for the last server whose TLS handshake failed,
+    /// when the URI asks for TLS: what a start-up failure should say.
+    pub fn tls_failure(&self) -> Option<String> {
+        self.tls_failure.lock().ok().and_then(|f| f.clone())
     }
 
     pub fn database(&self) -> &Database {

@@ -134,7 +134,13 @@ impl HttpHandler {
             Ok(r) => r,
             Err(e) if e.is_timeout() => return Err(HandlerError::retryable("downstream timed out")),
             Err(e) if e.is_redirect() => return Err(HandlerError::business("processing", redirect_refused(&e))),
-            Err(e) => return Err(HandlerError::retryable(format!("downstream unreachable: {}", e.without_url()))),
+            // host:port and the reason (a TLS handshake's too), never the URL.
+            Err(e) => {
+                return Err(HandlerError::retryable(format!(
+                    "downstream unreachable: {}",
+                    crate::tls::request_error(&e)
+                )));
+            }
         };
         let status = response.status();
         if !wants_body(status) {

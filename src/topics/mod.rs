@@ -35,6 +35,8 @@ pub struct NativeDeps {
     /// For `http` handlers with `http2 = true` on an `https://` URL: HTTP/2 only (ALPN). On
     /// `http://` such topics use their own lean HTTP/2 cleartext connection instead.
     pub http2: reqwest::Client,
+    /// CA bundle for the clients of topics with their own client certificate (`client_cert_file`).
+    pub tls: crate::tls::TlsSettings,
 }
 
 /// Every topic this gateway serves, by name. Cheap to clone (shared): the HTTP layer's state
@@ -108,8 +110,12 @@ fn build_handler(spec: &TopicSpec, deps: &NativeDeps) -> Result<Arc<dyn Handler>
                 let handler = HttpHandler::h2c(&url, spec.timeout()).map_err(|e| format!("field `url`: {e}"))?;
                 return Ok(Arc::new(handler));
             }
-            let client = if spec.http2 { &deps.http2 } else { &deps.http };
-            Ok(Arc::new(HttpHandler::new(client.clone(), url, spec.timeout())))
+            let client = match client_with_certificate(spec, deps)? {
+                Some(own) => own,
+                None if spec.http2 => deps.http2.clone(),
+                None => deps.http.clone(),
+            };
+            Ok(Arc::new(HttpHandler::new(client, url, spec.timeout())))
         }
         HandlerKind::Native => match spec.native.as_deref().unwrap_or(&spec.name) {
             "say_hello" => Ok(Arc::new(SayHello)),
@@ -117,4 +123,22 @@ fn build_handler(spec: &TopicSpec, deps: &NativeDeps) -> Result<Arc<dyn Handler>
             other => Err(format!("field `handler`: no native handler named {other:?} (native: {})", NATIVE.join(", "))),
         },
     }
+}
+
+/// A client of its own for a topic with `client_cert_file` (mTLS): the shared clients' trust and
+/// redirect policy, plus the topic's certificate. The files are read now, so a missing or bad
+/// one stops start-up naming the file and the field.
+fn client_with_certificate(spec: &TopicSpec, deps: &NativeDeps) -> Result<Option<reqwest::Client>, String> {
+    let (Some(cert), Some(key)) = (&spec.client_cert_file, &spec.client_key_file) else { return Ok(None) };
+    let files = crate::tls::CertKeyFiles {
+        cert: cert.into(),
+        key: key.into(),
+        cert_var: "field `client_cert_file`",
+        key_var: "field `client_key_file`",
+    };
+    let mut builder = crate::tls::http_client_builder(&deps.tls, Some(&files))?.redirect(redirect_policy());
+    if spec.http2 {
+        builder = builder.http2_prior_knowledge();
+    }
+    builder.build().map(Some).map_err(|e| format!("client for `client_cert_file`: {}", crate::tls::reason(&e)))
 }

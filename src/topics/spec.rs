@@ -142,6 +142,14 @@ pub struct TopicSpec {
     pub errors: ErrorCodes,
     /// Pull mode: lock duration asked of Camunda; extended while the task is unfinished.
     pub lock_duration_seconds: u64,
+    /// `http` handler on `https://`: client certificate (chain), PEM, presented when the
+    /// downstream asks for one (mTLS); set with `client_key_file`. Relative paths are read from
+    /// the working directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<String>,
+    /// The private key, PEM, of `client_cert_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<String>,
 }
 
 /// A handler URL may carry credentials (`https://user:key@host/`): never show them.
@@ -187,6 +195,8 @@ struct TopicFile {
     #[serde(default)]
     errors: ErrorCodes,
     lock_duration_seconds: Option<u64>,
+    client_cert_file: Option<String>,
+    client_key_file: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -218,6 +228,7 @@ impl TopicSpec {
     pub fn parse(path: &Path, text: &str, defaults: SpecDefaults) -> Result<Self, SpecError> {
         let err = |message: String| SpecError { file: path.display().to_string(), message };
         let file: TopicFile = toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_owned()))?;
+        check_client_cert(&file).map_err(err)?;
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
         let name = file.name.unwrap_or_else(|| stem.to_owned());
         TopicName::parse(&name, 64).map_err(|e| err(format!("field `name` ({name:?}) {e}")))?;
@@ -286,8 +297,32 @@ impl TopicSpec {
             json_variables: file.json_variables,
             errors: file.errors,
             lock_duration_seconds: file.lock_duration_seconds.unwrap_or(60).max(1),
+            client_cert_file: file.client_cert_file,
+            client_key_file: file.client_key_file,
         })
     }
+}
+
+/// A client certificate comes with its key, on an `http` handler calling `https://` (a client
+/// certificate is presented in a TLS handshake; the h2c path of `http2 = true` has none). That
+/// the files load is checked when the handler is built.
+fn check_client_cert(file: &TopicFile) -> Result<(), String> {
+    match (&file.client_cert_file, &file.client_key_file) {
+        (None, None) => return Ok(()),
+        (Some(_), None) => return Err("field `client_key_file` must be set with `client_cert_file`".into()),
+        (None, Some(_)) => return Err("field `client_cert_file` must be set with `client_key_file`".into()),
+        (Some(_), Some(_)) => {}
+    }
+    if file.handler != HandlerKind::Http {
+        return Err("field `client_cert_file` is only for handler = \"http\"".into());
+    }
+    if !file.url.as_deref().is_some_and(|u| u.starts_with("https://")) {
+        let h2c = if file.http2 { " (http2 = true on http:// is cleartext HTTP/2)" } else { "" };
+        return Err(format!(
+            "field `client_cert_file` needs an https:// `url`: there is no TLS handshake to present it in{h2c}"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -332,6 +367,23 @@ mod tests {
         assert_eq!(bare.errors.code_for("validation"), None, "no code configured: an incident");
         let e = TopicSpec::parse(Path::new("t/x.toml"), "handler = \"native\"\n[errors]\nvalidation = \" \"", D);
         assert!(e.err().map(|e| e.to_string()).unwrap_or_default().contains("errors.validation"));
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key_and_an_https_url() {
+        let https = "handler = \"http\"\nurl = \"https://svc.internal/run\"\n";
+        let ok = format!("{https}client_cert_file = \"c.pem\"\nclient_key_file = \"k.pem\"");
+        let spec = TopicSpec::parse(Path::new("t/x.toml"), &ok, D).expect("valid");
+        assert_eq!(spec.client_key_file.as_deref(), Some("k.pem"));
+        let message = |text: &str| {
+            TopicSpec::parse(Path::new("t/x.toml"), text, D).err().map(|e| e.to_string()).unwrap_or_default()
+        };
+        let lone = message(&format!("{https}client_cert_file = \"c.pem\""));
+        assert!(lone.contains("t/x.toml") && lone.contains("`client_key_file`"), "{lone}");
+        let h2c = "handler = \"http\"\nurl = \"http://svc/run\"\nhttp2 = true\nclient_cert_file = \"c\"\nclient_key_file = \"k\"";
+        assert!(message(h2c).contains("needs an https://"), "{}", message(h2c));
+        let native = "handler = \"native\"\nclient_cert_file = \"c\"\nclient_key_file = \"k\"";
+        assert!(message(native).contains("only for handler"), "{}", message(native));
     }
 
     #[test]

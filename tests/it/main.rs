@@ -17,4 +17,5 @@ mod lifecycle;
 mod publishing;
 mod seed_workers;
 mod shutdown;
+mod tls;
 mod variables;
