@@ -88,10 +88,19 @@ impl MongoStore {
         if matches!(options.tls, Some(mongodb::options::Tls::Enabled(_))) {
             let slot = tls_failure.clone();
             options.sdam_event_handler = Some(mongodb::event::EventHandler::callback(move |event| {
-                let mongodb::event::sdam::SdamEvent::ServerHeartbeatFailed(failed) = event else { return };
-                let ErrorKind::Io(io) = failed.failure.kind.as_ref() else { return };
-                if let (Some(reason), Ok(mut slot)) = (crate::tls::tls_cause(io.as_ref()), slot.lock()) {
-                    *slot = Some(format!("{}: TLS handshake failed: {reason}", failed.server_address));
+                use mongodb::event::sdam::SdamEvent;
+                // The latest heartbeat decides: a TLS failure is kept, anything else clears it.
+                let failure = match event {
+                    SdamEvent::ServerHeartbeatFailed(failed) => match failed.failure.kind.as_ref() {
+                        ErrorKind::Io(io) => crate::tls::tls_cause(io.as_ref())
+                            .map(|reason| format!("{}: TLS handshake failed: {reason}", failed.server_address)),
+                        _ => None,
+                    },
+                    SdamEvent::ServerHeartbeatSucceeded(_) => None,
+                    _ => return,
+                };
+                if let Ok(mut slot) = slot.lock() {
+                    *slot = failure;
                 }
             }));
         }

@@ -15,6 +15,8 @@ use rustls::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the server gets to refuse our certificate before we greet it.
+const LISTEN_FIRST: Duration = Duration::from_millis(1500);
 
 /// What the probe found.
 #[derive(Debug, PartialEq, Eq)]
@@ -45,9 +47,15 @@ pub async fn probe(host: &str, port: u16, config: &OwnedTLSConfig, greeting: &[u
     let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
     let exchange = async {
         let mut tls = connector.connect(name, tcp).await?;
+        let mut first = [0u8; 1];
+        // A server refusing our certificate says so right after the handshake. Listen before
+        // writing: data sent to a server that has closed draws a reset, which can discard the
+        // alert before it is read.
+        if let Ok(heard) = tokio::time::timeout(LISTEN_FIRST, tls.read(&mut first)).await {
+            return heard;
+        }
         tls.write_all(greeting).await?;
         tls.flush().await?;
-        let mut first = [0u8; 1];
         tls.read(&mut first).await
     };
     match tokio::time::timeout(STEP_TIMEOUT * 2, exchange).await {

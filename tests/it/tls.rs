@@ -18,7 +18,7 @@ use axum::{
 };
 use serde_json::{Value, json};
 use support::{Pki, TlsMongo, build_error, drop_database, gateway_settings, https_server, services_client_cert};
-use worker_api_gateway::startup::Application;
+use worker_api_gateway::{startup::Application, tls::ProbeOutcome};
 
 use crate::helpers::{AppOptions, body, env, http_topic, spawn_app_with};
 
@@ -83,6 +83,28 @@ async fn a_client_certificate_is_presented_to_rabbitmq() {
     assert_eq!(code, 200);
     app.wait_status("amqps-mtls-1", "succeeded", WAIT).await;
     app.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_probe_reads_the_brokers_verdict_on_a_client_certificate() {
+    // What start-up falls back on when lapin sees only a reset: the broker's own alert.
+    let ca = env("SERVICES_TLS_CA");
+    let probe = |cert: &support::Issued| {
+        let (settings, _) = gateway_settings(&[
+            ("RABBITMQ_CA_FILE", ca.clone()),
+            ("RABBITMQ_CLIENT_CERT_FILE", cert.cert.display().to_string()),
+            ("RABBITMQ_CLIENT_KEY_FILE", cert.key.display().to_string()),
+        ]);
+        let config = worker_api_gateway::tls::amqp_tls_config(&settings.tls).expect("loads");
+        async move { worker_api_gateway::tls::probe("127.0.0.1", 5671, &config, b"AMQP\x00\x00\x09\x01").await }
+    };
+    let refused = probe(&Pki::new("probe-stranger").client("client")).await;
+    assert!(
+        matches!(&refused, ProbeOutcome::Refused(r) if r.starts_with("TLS handshake failed: received fatal alert")),
+        "{refused:?}"
+    );
+    let accepted = probe(&services_client_cert(&Pki::new("probe-known").dir)).await;
+    assert_eq!(accepted, ProbeOutcome::Accepted);
 }
 
 #[tokio::test]
