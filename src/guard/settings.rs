@@ -19,7 +19,7 @@ pub struct GuardSettings {
     /// `RATE_LIMIT_MAX_BUCKETS` (65536): callers tracked at once; idle ones are forgotten first,
     /// and beyond the cap newcomers share one bucket at the anonymous rate.
     pub max_buckets: usize,
-    /// `SHED_BACKLOG` (256): submissions admitted and not yet answered; one more is shed (503).
+    /// `SHED_BACKLOG` (128): submissions admitted and not yet answered; one more is shed (503).
     pub shed_backlog: usize,
     /// `SHED_STORE_LATENCY_MS` (500): when the store's recent batch time (an average of the
     /// intake's batches) is above this, a submit is shed once a full batch is already waiting.
@@ -42,7 +42,7 @@ impl Default for GuardSettings {
             key_rate: Rate { per_second: 1000.0, burst: 2000 },
             anonymous_rate: Rate { per_second: 10_000.0, burst: 20_000 },
             max_buckets: 65_536,
-            shed_backlog: 256,
+            shed_backlog: 128,
             shed_store_latency: Duration::from_millis(500),
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(15),
@@ -100,7 +100,7 @@ mod tests {
     #[test]
     fn defaults_hold_without_variables_and_values_are_read_when_given() {
         let s = GuardSettings::from_vars(&HashMap::new()).expect("defaults are valid");
-        assert_eq!(s.shed_backlog, 256);
+        assert_eq!(s.shed_backlog, 128);
         assert_eq!(s.anonymous_rate, Rate { per_second: 10_000.0, burst: 20_000 });
         let s = GuardSettings::from_vars(&vars(&[
             ("ANONYMOUS_RATE_PER_SECOND", "0.5"),
