@@ -12,6 +12,7 @@
 mod gateway;
 mod limits;
 mod load;
+mod open_loop;
 mod report;
 mod scenarios;
 mod setup;
@@ -33,7 +34,7 @@ usage: bench [--smoke] [--runs N] [--duration SECS] [--e2e-tasks N] [--memory-ta
   --e2e-tasks N     say_hello tasks in the end-to-end phase (default 5000, smoke 200)
   --memory-tasks N  tasks queued / in flight for the memory figures (default 10000, smoke 200)
   --gateway PATH    gateway binary (default: worker-api-gateway next to this binary)
-  --phases LIST     comma-separated subset of limits,submit,queued,e2e,inflight (default: all);
+  --phases LIST     comma-separated subset of limits,submit,overload,queued,e2e,inflight (default: all);
                     figures of phases not run, and ratios needing them, are shown as –
 
 Needs MONGODB_URI and RABBITMQ_URL (source .services/env) and wrk on the PATH.";
@@ -116,6 +117,7 @@ async fn run_once(ctx: &Ctx, run: &mut Run, tag: &str) -> anyhow::Result<()> {
         match phase {
             Phase::Limits => scenarios::limits(ctx, run, tag).await.context("raw limits")?,
             Phase::Submit => scenarios::submit_load(ctx, run, tag).await.context("submit throughput and latency")?,
+            Phase::Overload => scenarios::overload(ctx, run, tag).await.context("submit overload")?,
             Phase::Queued => scenarios::memory_queued(ctx, run, tag).await.context("memory with tasks queued")?,
             Phase::EndToEnd => scenarios::end_to_end(ctx, run, tag).await.context("end-to-end say_hello")?,
             Phase::InFlight => {

@@ -24,6 +24,16 @@ pub enum M {
     HalfRate,
     HalfP50,
     HalfP99,
+    OverloadOffered,
+    OverloadAdmitted,
+    OverloadShed,
+    OverloadLimited,
+    OverloadP50,
+    OverloadP99,
+    OverloadShedP99,
+    OverloadGatewayCpu,
+    OverloadMongoCpu,
+    OverloadClientCpu,
     E2eRate,
     E2eP50,
     E2eP99,
@@ -37,10 +47,11 @@ pub enum M {
     RatioE2eStore,
     RatioSubmitSingle,
     RatioSubmitPublish,
+    RatioOverloadPeak,
     LoadAvg,
 }
 
-const ALL: [M; 31] = [
+const ALL: [M; 42] = [
     M::MongoSingle1,
     M::MongoSingleN,
     M::MongoSingle,
@@ -58,6 +69,16 @@ const ALL: [M; 31] = [
     M::HalfRate,
     M::HalfP50,
     M::HalfP99,
+    M::OverloadOffered,
+    M::OverloadAdmitted,
+    M::OverloadShed,
+    M::OverloadLimited,
+    M::OverloadP50,
+    M::OverloadP99,
+    M::OverloadShedP99,
+    M::OverloadGatewayCpu,
+    M::OverloadMongoCpu,
+    M::OverloadClientCpu,
     M::E2eRate,
     M::E2eP50,
     M::E2eP99,
@@ -71,6 +92,7 @@ const ALL: [M; 31] = [
     M::RatioE2eStore,
     M::RatioSubmitSingle,
     M::RatioSubmitPublish,
+    M::RatioOverloadPeak,
     M::LoadAvg,
 ];
 
@@ -118,6 +140,18 @@ fn describe(m: M, p: &Plan) -> (String, &'static str, usize, Target) {
         M::HalfRate => (format!("half load: rate achieved, {} connections", c / 2), "req/s", 0, Target::None),
         M::HalfP50 => ("  submit latency p50 at half load".into(), "ms", 1, Target::None),
         M::HalfP99 => ("  submit latency p99 at half load".into(), "ms", 1, Target::Below(50.0)),
+        M::OverloadOffered => {
+            (format!("overload: offered open loop, {}× submit throughput", p.overload_factor), "req/s", 0, Target::None)
+        }
+        M::OverloadAdmitted => ("  admitted (200) at that load".into(), "req/s", 0, Target::None),
+        M::OverloadShed => ("  shed (503 + Retry-After)".into(), "requests", 0, Target::None),
+        M::OverloadLimited => ("  rate-limited (429)".into(), "requests", 0, Target::None),
+        M::OverloadP50 => ("  admitted latency p50 (from scheduled send)".into(), "ms", 1, Target::None),
+        M::OverloadP99 => ("  admitted latency p99".into(), "ms", 1, Target::None),
+        M::OverloadShedP99 => ("  shed answer latency p99".into(), "ms", 1, Target::None),
+        M::OverloadGatewayCpu => ("  gateway CPU at that load".into(), "cores", 2, Target::None),
+        M::OverloadMongoCpu => ("  MongoDB-wire server CPU at that load".into(), "cores", 2, Target::None),
+        M::OverloadClientCpu => ("  load generator (the bench) CPU at that load".into(), "cores", 2, Target::None),
         M::E2eRate => (format!("end-to-end say_hello throughput, {n_e2e} tasks"), "tasks/s", 0, Target::None),
         M::E2eP50 => ("  end-to-end latency p50 (created → completed)".into(), "ms", 0, Target::None),
         M::E2eP99 => ("  end-to-end latency p99".into(), "ms", 0, Target::None),
@@ -131,6 +165,7 @@ fn describe(m: M, p: &Plan) -> (String, &'static str, usize, Target) {
         M::RatioE2eStore => ("ratio: end-to-end / store alone".into(), "", 2, Target::None),
         M::RatioSubmitSingle => ("ratio: submit / single-insert limit".into(), "", 2, Target::None),
         M::RatioSubmitPublish => ("ratio: submit / confirmed-publish limit".into(), "", 2, Target::None),
+        M::RatioOverloadPeak => ("ratio: admitted under overload / submit throughput".into(), "", 2, Target::None),
         M::LoadAvg => ("machine load average (1 min) at the end of the run".into(), "", 2, Target::None),
     }
 }
@@ -150,6 +185,7 @@ fn derive_ratios(run: &mut Run) {
         (M::RatioE2eStore, M::E2eRate, M::StoreLifecycle),
         (M::RatioSubmitSingle, M::SubmitPeak, M::MongoSingle),
         (M::RatioSubmitPublish, M::SubmitPeak, M::RabbitPublish),
+        (M::RatioOverloadPeak, M::OverloadAdmitted, M::SubmitPeak),
     ];
     for (ratio, gateway, limit) in pairs {
         if let (Some(g), Some(l)) = (run.get(&gateway), run.get(&limit))

@@ -4,6 +4,8 @@
 //! - submit load: `GATEWAY_MODE=api` (no consumers), so the figure is the submit path alone
 //!   (validate, insert, publish; the publish window's debt is written ahead); wrk at full speed,
 //!   then, once the store is idle again, paced at half.
+//! - overload: `api` mode, submissions offered open loop at three times the submit throughput;
+//!   what is admitted, shed and limited, and the admitted requests' latency.
 //! - memory, queued: `api` mode, N tasks submitted and left queued (in MongoDB and RabbitMQ).
 //! - end to end: `all` mode, N `say_hello` submitted while the consumers work, until all succeed.
 //! - memory, in flight: `all` mode with an extra `http` topic whose downstream holds every
@@ -17,7 +19,7 @@ use serde_json::Value;
 
 use crate::{
     gateway::Gateway,
-    limits, load,
+    limits, load, open_loop,
     report::{M, Run, percentile},
     setup::{BATCH, Ctx},
     standin::HoldServer,
@@ -122,6 +124,64 @@ pub async fn submit_load(ctx: &Ctx, run: &mut Run, tag: &str) -> anyhow::Result<
         Ok(())
     })
     .await
+}
+
+/// Submissions offered open loop at `overload_factor` times the submit throughput (this run's
+/// peak figure, or measured here with wrk when the submit phase did not run): what is admitted,
+/// shed and rate-limited, and the latency of the admitted. Every admitted task must be stored.
+pub async fn overload(ctx: &Ctx, run: &mut Run, tag: &str) -> anyhow::Result<()> {
+    let p = &ctx.plan;
+    let known = run.get(&M::SubmitPeak).copied();
+    let outcome = with_gateway(ctx, &format!("{tag}_overload"), "api", &ctx.repo_topics, async |gw: &Gateway| {
+        let id = |phase: &str| format!("{}-{tag}-{phase}", ctx.run_id);
+        let capacity = match known {
+            Some(rate) => rate,
+            None => {
+                let peak = load::wrk(ctx, &gw.base, &id("ocap"), p.wrk_connections, p.wrk_duration_s, None).await?;
+                load::settle(ctx, &gw.base, &id("settle-ocap")).await?;
+                crate::gateway::wait_for_idle_store().await;
+                eprintln!("[bench] overload: submit throughput measured here: {:.0} req/s", peak.ok_rate);
+                peak.ok_rate
+            }
+        };
+        let rate = (capacity * p.overload_factor).max(1.0);
+        let before = load::count(&load::statistics(ctx, &gw.base).await?, "queued");
+        // The gateway, the store, and this process (the load generator), which share the cores.
+        let pids = [Some(gw.pid()), crate::gateway::mongo_server_pid(), Some(std::process::id())];
+        let cpu = || pids.map(|pid| pid.and_then(crate::gateway::cpu_seconds));
+        let (cpu_before, wall) = (cpu(), std::time::Instant::now());
+        let o = open_loop::run(&gw.base, &id("over"), rate, p.wrk_duration_s, p.overload_in_flight).await?;
+        let (cpu_after, wall) = (cpu(), wall.elapsed().as_secs_f64());
+        let cores: Vec<Option<f64>> =
+            cpu_before.into_iter().zip(cpu_after).map(|(b, a)| Some((a? - b?) / wall)).collect();
+        eprintln!(
+            "[bench] overload: offered {:.0} req/s, admitted {:.0} req/s ({} admitted, {} shed, {} limited); \
+             admitted p50 {:.1} ms, p99 {:.1} ms; shed p99 {:.1} ms",
+            o.offered_rate, o.admitted_rate, o.admitted, o.shed, o.limited, o.p50_ms, o.p99_ms, o.shed_p99_ms
+        );
+        // Nothing admitted is lost: the api-mode gateway leaves every stored task queued.
+        let stored = load::count(&load::statistics(ctx, &gw.base).await?, "queued") - before;
+        if stored != o.admitted {
+            bail!("{} submissions were answered 200 but {stored} tasks were stored", o.admitted);
+        }
+        Ok((capacity, o, cores))
+    })
+    .await?;
+    let (capacity, o, cores) = outcome;
+    for (m, used) in [M::OverloadGatewayCpu, M::OverloadMongoCpu, M::OverloadClientCpu].into_iter().zip(cores) {
+        if let Some(used) = used {
+            run.insert(m, used);
+        }
+    }
+    run.entry(M::SubmitPeak).or_insert(capacity);
+    run.insert(M::OverloadOffered, o.offered_rate);
+    run.insert(M::OverloadAdmitted, o.admitted_rate);
+    run.insert(M::OverloadShed, o.shed as f64);
+    run.insert(M::OverloadLimited, o.limited as f64);
+    run.insert(M::OverloadP50, o.p50_ms);
+    run.insert(M::OverloadP99, o.p99_ms);
+    run.insert(M::OverloadShedP99, o.shed_p99_ms);
+    Ok(())
 }
 
 pub async fn memory_queued(ctx: &Ctx, run: &mut Run, tag: &str) -> anyhow::Result<()> {

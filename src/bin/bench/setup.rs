@@ -29,6 +29,10 @@ pub struct Plan {
     pub mongo_batch_concurrency: usize,
     /// Publishes awaiting their confirm at once.
     pub publish_window: usize,
+    /// The overload phase offers this many times the measured submit throughput, open loop.
+    pub overload_factor: f64,
+    /// Requests the overload phase's client has in flight at most (one connection each).
+    pub overload_in_flight: usize,
     /// wrk connections at peak load (the issue asks for at least 64); half load uses half.
     pub wrk_connections: u32,
     pub wrk_threads: u32,
@@ -48,18 +52,21 @@ pub struct Plan {
 pub enum Phase {
     Limits,
     Submit,
+    Overload,
     Queued,
     EndToEnd,
     InFlight,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 5] = [Phase::Limits, Phase::Submit, Phase::Queued, Phase::EndToEnd, Phase::InFlight];
+    pub const ALL: [Phase; 6] =
+        [Phase::Limits, Phase::Submit, Phase::Overload, Phase::Queued, Phase::EndToEnd, Phase::InFlight];
 
     pub fn name(self) -> &'static str {
         match self {
             Phase::Limits => "limits",
             Phase::Submit => "submit",
+            Phase::Overload => "overload",
             Phase::Queued => "queued",
             Phase::EndToEnd => "e2e",
             Phase::InFlight => "inflight",
@@ -83,6 +90,9 @@ impl Plan {
             mongo_single_concurrency: 4,
             mongo_batch_concurrency: 2,
             publish_window: 1000,
+            overload_factor: 3.0,
+            // Past SHED_BACKLOG (128), so the shedding bound is what holds, not this client.
+            overload_in_flight: 512,
             wrk_connections: 64,
             wrk_threads: 2,
             wrk_duration_s: 20,
