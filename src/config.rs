@@ -327,7 +327,8 @@ mod tests {
 
     #[test]
     fn defaults_match_the_seed() {
-        let s = Settings::from_vars(&HashMap::new()).expect("defaults are valid");
+        // Only the key file has no default: AUTH_MODE=keys needs one (or ANONYMOUS_SCOPES).
+        let s = Settings::from_vars(&vars(&[("API_KEYS_FILE", "keys.toml")])).expect("defaults are valid");
         assert_eq!(s.port, 8000);
         assert_eq!(s.task_timeout, Duration::from_secs(300));
         assert_eq!(s.task_retry_limit, 3);
