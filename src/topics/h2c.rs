@@ -185,26 +185,44 @@ fn unreachable(error: h2::Error) -> CallError {
 
 /// Reads a response body, handing flow-control credit back as it goes, up to the cap.
 async fn read_capped(mut body: h2::RecvStream) -> Result<Bytes, CallError> {
-    let mut first: Option<Bytes> = None;
-    let mut rest: Vec<u8> = Vec::new();
+    let mut answer = CappedBody::default();
     while let Some(chunk) = body.data().await {
         let chunk = chunk.map_err(unreachable)?;
         let _ = body.flow_control().release_capacity(chunk.len());
-        let held = first.as_ref().map_or(0, Bytes::len) + rest.len();
+        answer.push(chunk).map_err(|()| CallError::TooLarge)?;
+    }
+    Ok(answer.into_bytes())
+}
+
+/// A downstream's answer gathered chunk by chunk, never past [`MAX_ANSWER_BYTES`]. Most answers
+/// are one chunk: it is kept as it came, and copied only when a second arrives.
+#[derive(Default)]
+pub(super) struct CappedBody {
+    first: Option<Bytes>,
+    rest: Vec<u8>,
+}
+
+impl CappedBody {
+    /// Adds a chunk; `Err` when the answer would pass the cap (nothing more should be read).
+    pub(super) fn push(&mut self, chunk: Bytes) -> Result<(), ()> {
+        let held = self.first.as_ref().map_or(0, Bytes::len) + self.rest.len();
         if held + chunk.len() > MAX_ANSWER_BYTES {
-            return Err(CallError::TooLarge);
+            return Err(());
         }
-        // Most answers are one frame: keep it as it came, copy only when a second arrives.
-        match first.take() {
-            None if rest.is_empty() => first = Some(chunk),
-            None => rest.extend_from_slice(&chunk),
+        match self.first.take() {
+            None if self.rest.is_empty() => self.first = Some(chunk),
+            None => self.rest.extend_from_slice(&chunk),
             Some(head) => {
-                rest.extend_from_slice(&head);
-                rest.extend_from_slice(&chunk);
+                self.rest.extend_from_slice(&head);
+                self.rest.extend_from_slice(&chunk);
             }
         }
+        Ok(())
     }
-    Ok(first.unwrap_or_else(|| Bytes::from(rest)))
+
+    pub(super) fn into_bytes(self) -> Bytes {
+        self.first.unwrap_or_else(|| Bytes::from(self.rest))
+    }
 }
 
 /// `Authorization: Basic …` from the URL's user info, percent-decoded as reqwest does.

@@ -13,7 +13,7 @@ use http::StatusCode;
 use serde_json::{Value, json};
 
 use super::{
-    h2c::{CallError, H2cClient, MAX_ANSWER_BYTES},
+    h2c::{CallError, CappedBody, H2cClient, MAX_ANSWER_BYTES},
     handler::{Handler, HandlerContext, HandlerError, Variables},
 };
 
@@ -175,24 +175,11 @@ async fn read_capped(mut response: reqwest::Response) -> Result<Bytes, Option<re
     if response.content_length().is_some_and(|n| n > MAX_ANSWER_BYTES as u64) {
         return Err(None);
     }
-    // Most answers are one chunk: keep it as it came, copy only when a second arrives.
-    let mut first: Option<Bytes> = None;
-    let mut rest: Vec<u8> = Vec::new();
+    let mut answer = CappedBody::default();
     while let Some(chunk) = response.chunk().await? {
-        let held = first.as_ref().map_or(0, Bytes::len) + rest.len();
-        if held + chunk.len() > MAX_ANSWER_BYTES {
-            return Err(None);
-        }
-        match first.take() {
-            None if rest.is_empty() => first = Some(chunk),
-            None => rest.extend_from_slice(&chunk),
-            Some(head) => {
-                rest.extend_from_slice(&head);
-                rest.extend_from_slice(&chunk);
-            }
-        }
+        answer.push(chunk).map_err(|()| None)?;
     }
-    Ok(first.unwrap_or_else(|| Bytes::from(rest)))
+    Ok(answer.into_bytes())
 }
 
 /// The answer table: what a downstream's status and body mean for the task.
