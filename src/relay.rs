@@ -23,33 +23,30 @@ pub fn publish_hold_until(now: DateTime<Utc>) -> DateTime<Utc> {
     now + chrono::Duration::from_std(PUBLISH_HOLD).unwrap_or_default()
 }
 
-/// Publishes one task whose publish this caller holds until `until`, and clears the debt once
-/// the broker confirms. Returns whether it was published.
-pub async fn publish_held(
-    store: &dyn TaskStore,
-    broker: &dyn Broker,
-    metrics: &Metrics,
-    task: &TaskRecord,
-    until: DateTime<Utc>,
-) -> bool {
-    publish_many(store, broker, metrics, std::slice::from_ref(task), until).await.0 == 1
+/// Publishes one task whose publish this caller holds (its `publish_due_at` is the hold), and
+/// clears the debt once the broker confirms. Returns whether it was published.
+pub async fn publish_held(store: &dyn TaskStore, broker: &dyn Broker, metrics: &Metrics, task: &TaskRecord) -> bool {
+    publish_many(store, broker, metrics, std::slice::from_ref(task)).await.0 == 1
 }
 
 /// Publishes taken in one sweep step.
 const SWEEP_BATCH: u32 = 200;
 
-/// Publishes tasks held until `until` concurrently (the confirms overlap) and clears the debt of
-/// the confirmed ones in one update. Returns (published, failed).
+/// Publishes held tasks concurrently (the confirms overlap) and clears the debt of the confirmed
+/// ones in one update: a task whose hold is still the one it was taken with (each record's
+/// `publish_due_at`, written by the store on its own clock). Returns (published, failed).
 pub async fn publish_many(
     store: &dyn TaskStore,
     broker: &dyn Broker,
     metrics: &Metrics,
     tasks: &[TaskRecord],
-    until: DateTime<Utc>,
 ) -> (u64, u64) {
     let (confirmed, failed) = publish_all(broker, metrics, tasks).await;
+    let holds = tasks.iter().filter_map(|t| t.publish_due_at.map(bson::DateTime::to_chrono));
+    let held = holds.clone().min().zip(holds.max()).map(|(first, last)| first..=last);
     if !confirmed.is_empty()
-        && let Err(error) = store.publish_confirmed_many(&confirmed, until..=until).await
+        && let Some(held) = held
+        && let Err(error) = store.publish_confirmed_many(&confirmed, held).await
     {
         // Harmless: the relay publishes them again and the duplicates are skipped.
         tracing::warn!(%error, count = confirmed.len(), "publishes confirmed but not recorded");
@@ -133,8 +130,8 @@ impl Relay {
     /// then due publishes.
     pub async fn sweep_once(&self) -> Result<SweepReport, StoreError> {
         let mut report = SweepReport {
-            leases_expired: self.store.expire_leases(Utc::now()).await?,
-            debts_passed_on: self.store.pass_on_due_debts(Utc::now(), SWEEP_BATCH).await?,
+            leases_expired: self.store.expire_leases().await?,
+            debts_passed_on: self.store.pass_on_due_debts(SWEEP_BATCH).await?,
             ..Default::default()
         };
         if let Some(reporter) = &self.reporter {
@@ -144,12 +141,10 @@ impl Relay {
             return Ok(report);
         }
         loop {
-            let now = Utc::now();
-            let until = publish_hold_until(now);
-            let taken = self.store.take_due_publishes(now, until, SWEEP_BATCH).await?;
+            let taken = self.store.take_due_publishes(PUBLISH_HOLD, SWEEP_BATCH).await?;
             let batch = taken.len();
             let (published, failed) =
-                publish_many(self.store.as_ref(), self.broker.as_ref(), &self.metrics, &taken, until).await;
+                publish_many(self.store.as_ref(), self.broker.as_ref(), &self.metrics, &taken).await;
             report.published += published;
             report.publish_failed += failed;
             if failed > 0 {

@@ -45,6 +45,7 @@ impl Application {
             Some(tls) => anyhow::anyhow!("MongoDB at {tls}"),
             None => anyhow::anyhow!("MongoDB at MONGODB_URI: {e}"),
         })?;
+        store.measure_clock().await.map_err(|e| anyhow::anyhow!("MongoDB at MONGODB_URI: {e}"))?;
         // Handlers follow redirects only within their URL's origin (topics::redirect_policy).
         // Trusting the system roots plus CA_BUNDLE_FILE (crate::tls).
         let tls_client = || crate::tls::http_client_builder(&settings.tls, None).map_err(anyhow::Error::msg);

@@ -13,7 +13,7 @@ use crate::{
     broker::Broker,
     domain::{Limits, Submission},
     metrics::Metrics,
-    relay::{publish_held, publish_hold_until},
+    relay::{PUBLISH_HOLD, publish_held},
     store::{CamundaLink, InsertOutcome, NewTask, ReportOutcome, TaskSource, TaskStore, TransitionError},
     topics::{Registry, Source},
 };
@@ -105,7 +105,6 @@ impl Poller {
             }
         };
         let Some(topic) = self.registry.get(submission.topic.as_str()) else { return };
-        let hold = publish_hold_until(Utc::now());
         let mut link = CamundaLink::pending();
         link.lock_expires_at =
             Some(bson::DateTime::from_chrono(Utc::now() + chrono::Duration::from_std(lock).unwrap_or_default()));
@@ -115,18 +114,18 @@ impl Poller {
             max_attempts: topic.spec.retry.max_attempts,
             source: TaskSource::Camunda,
             camunda: link,
-            publish_due_at: Some(hold),
+            publish_after: Some(PUBLISH_HOLD),
         };
         let published = match self.store.insert(new).await {
-            Ok(InsertOutcome::Created(record)) => Some((record, hold)),
+            Ok(InsertOutcome::Created(record)) => Some(record),
             Ok(InsertOutcome::Existing(record)) | Ok(InsertOutcome::Conflict(record)) => {
                 let _ = self
                     .store
                     .set_lock_expiry(&task.id, Utc::now() + chrono::Duration::from_std(lock).unwrap_or_default())
                     .await;
                 if record.status == crate::domain::TaskStatus::Cancelled {
-                    match self.store.manual_retry(&task.id, hold, "camunda (offered again)", false).await {
-                        Ok(revived) => Some((Box::new(revived), hold)),
+                    match self.store.manual_retry(&task.id, PUBLISH_HOLD, "camunda (offered again)", false).await {
+                        Ok(revived) => Some(Box::new(revived)),
                         Err(TransitionError::WrongState(_)) | Err(TransitionError::NotFound) => None,
                         Err(TransitionError::Store(error)) => {
                             tracing::warn!(%error, task_id = %task.id, "could not revive a pulled task");
@@ -144,8 +143,8 @@ impl Poller {
                 None
             }
         };
-        if let Some((record, hold)) = published {
-            publish_held(self.store.as_ref(), self.broker.as_ref(), &self.metrics, &record, hold).await;
+        if let Some(record) = published {
+            publish_held(self.store.as_ref(), self.broker.as_ref(), &self.metrics, &record).await;
         }
     }
 

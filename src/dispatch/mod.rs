@@ -16,7 +16,6 @@ mod progress;
 mod record;
 
 use async_trait::async_trait;
-use chrono::Utc;
 use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
@@ -236,8 +235,7 @@ fn attempt_end(
         }
         Err(HandlerError::Retryable { message }) if attempt < max_attempts => {
             next_attempt_in = topic.spec.retry.backoff(attempt);
-            let next_attempt_at = Utc::now() + chrono::Duration::from_std(next_attempt_in).unwrap_or_default();
-            (AttemptOutcome::Retry { error: message, next_attempt_at }, Processed::Retrying)
+            (AttemptOutcome::Retry { error: message, backoff: next_attempt_in }, Processed::Retrying)
         }
         Err(HandlerError::Retryable { message }) => (
             AttemptOutcome::Failed {

@@ -7,14 +7,13 @@ use axum::{
     Json,
     extract::{Path, State},
 };
-use chrono::Utc;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{ApiError, AppState, error::ErrorBody};
 use crate::{
     auth::Caller,
-    relay::{publish_held, publish_hold_until},
+    relay::{PUBLISH_HOLD, publish_held},
     store::{ReportState, TransitionError},
 };
 
@@ -64,14 +63,13 @@ pub async fn retry(
         };
         return Err(ApiError::Conflict(message));
     }
-    let hold = publish_hold_until(Utc::now());
     let task = state
         .store
-        .manual_retry(&task_id, hold, caller.name(), true)
+        .manual_retry(&task_id, PUBLISH_HOLD, caller.name(), true)
         .await
         .map_err(|e| refused(&task_id, "retried", "failed or cancelled", e))?;
     tracing::info!("task retried by hand");
-    publish_held(state.store.as_ref(), state.broker.as_ref(), &state.metrics, &task, hold).await;
+    publish_held(state.store.as_ref(), state.broker.as_ref(), &state.metrics, &task).await;
     Ok(Json(ActionResponse { status: "retrying", task_id, message: "Task queued again".into() }))
 }
 

@@ -34,7 +34,7 @@ pub async fn record(
         max_attempts: topic.map_or(1, |t| t.spec.retry.max_attempts),
         source: TaskSource::Http,
         camunda: if state.camunda.is_some() { CamundaLink::pending() } else { CamundaLink::not_applicable() },
-        publish_due_at: None,
+        publish_after: None,
     };
     let created = match state.store.insert_refused(new, &reason).await? {
         InsertOutcome::Created(task) => {

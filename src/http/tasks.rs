@@ -122,7 +122,7 @@ pub async fn submit(
         source: TaskSource::Http,
         camunda: if state.camunda.is_some() { CamundaLink::pending() } else { CamundaLink::not_applicable() },
         // The intake's publish window owes this task's publish.
-        publish_due_at: None,
+        publish_after: None,
     };
     let task_id = submission.task_id.to_string();
     match state.intake.submit(new).await? {

@@ -71,7 +71,7 @@ async fn write_batch(
         Err(error) => return tasks.iter().map(|_| Err(error.clone())).collect(),
     };
     for task in &mut tasks {
-        task.publish_due_at = None;
+        task.publish_after = None;
     }
     metrics.intake_batch_size.observe(tasks.len() as f64);
     let started = std::time::Instant::now();

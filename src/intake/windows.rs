@@ -37,8 +37,12 @@ const SPAN: Duration = Duration::from_secs(5);
 /// One publish window, shared by the intake, the batches admitted to it and its settler.
 struct Window {
     id: String,
+    /// The range is on the store's clock (its time as measured when the window opened), so
+    /// that the debt falls due by the same clock the relay reads; `skew` turns this
+    /// replica's clock into it.
     from: DateTime<Utc>,
     until: DateTime<Utc>,
+    skew: chrono::Duration,
     state: Mutex<WindowState>,
     /// A batch finished, or the window was closed.
     changed: Notify,
@@ -65,7 +69,7 @@ impl Window {
     /// The time for a batch admitted now, or `None` if the window no longer admits batches.
     fn admit(&self) -> Option<DateTime<Utc>> {
         let mut state = self.state();
-        let now = Utc::now();
+        let now = Utc::now() + self.skew;
         let rotate = chrono::Duration::from_std(ROTATE).unwrap_or_default();
         let due_to_close = state.first_admitted.is_some_and(|first| now >= first + rotate);
         if state.closed || due_to_close || now < self.from || now >= self.until {
@@ -90,7 +94,7 @@ impl Window {
         loop {
             let left = {
                 let mut state = self.state();
-                let left = (self.until - Utc::now()).to_std().unwrap_or_default();
+                let left = (self.until - (Utc::now() + self.skew)).to_std().unwrap_or_default();
                 if left.is_zero() {
                     state.closed = true;
                 }
@@ -223,11 +227,12 @@ impl Drop for Windows {
 
 /// Writes a new window's debt and starts its settler.
 async fn open(store: Arc<dyn TaskStore>, settlers: TaskTracker) -> Result<Arc<Window>, StoreError> {
-    let from = Utc::now();
+    let from = store.now();
+    let skew = from - Utc::now();
     let until = from + chrono::Duration::from_std(SPAN).unwrap_or_default();
     let id = ObjectId::new().to_hex();
     store.owe_publishes(&id, from..until, publish_hold_until(until)).await?;
-    let window = Arc::new(Window { id, from, until, state: Mutex::default(), changed: Notify::new() });
+    let window = Arc::new(Window { id, from, until, skew, state: Mutex::default(), changed: Notify::new() });
     settlers.spawn(settle(store, window.clone()));
     Ok(window)
 }
@@ -251,7 +256,8 @@ mod tests {
     use super::*;
 
     fn window(from: DateTime<Utc>, until: DateTime<Utc>) -> Arc<Window> {
-        Arc::new(Window { id: "w".into(), from, until, state: Mutex::default(), changed: Notify::new() })
+        let skew = chrono::Duration::zero();
+        Arc::new(Window { id: "w".into(), from, until, skew, state: Mutex::default(), changed: Notify::new() })
     }
 
     fn ticket(window: &Arc<Window>) -> Ticket {

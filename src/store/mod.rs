@@ -2,9 +2,11 @@
 //! filter carries the state the change expects, so racing writers cannot both win. The trait is
 //! about what the gateway needs, not about MongoDB, so a second backend can slot in.
 
+mod clock;
 mod mongo;
 mod mongo_batch;
 mod mongo_camunda;
+mod mongo_change;
 mod mongo_debts;
 mod mongo_docs;
 mod mongo_queries;
@@ -53,10 +55,10 @@ pub struct NewTask {
     pub max_attempts: u32,
     pub source: TaskSource,
     pub camunda: CamundaLink,
-    /// When the relay may publish it if the submitter's own publish has not been confirmed by
-    /// then. `None` when a publish debt (see [`TaskStore::owe_publishes`]) written before the
-    /// task stands for it.
-    pub publish_due_at: Option<DateTime<Utc>>,
+    /// How long after it is stored the relay may publish it if the submitter's own publish has
+    /// not been confirmed by then (the store turns it into a time on its own clock). `None` when
+    /// a publish debt (see [`TaskStore::owe_publishes`]) written before the task stands for it.
+    pub publish_after: Option<std::time::Duration>,
 }
 
 /// How an attempt ended.
@@ -65,10 +67,10 @@ pub enum AttemptOutcome {
     Succeeded {
         result: Map<String, Value>,
     },
-    /// Retryable failure with attempts left: run again at `next_attempt_at`.
+    /// Retryable failure with attempts left: run again `backoff` from now (the store's now).
     Retry {
         error: String,
-        next_attempt_at: DateTime<Utc>,
+        backoff: std::time::Duration,
     },
     /// Final failure: business error (with its code) or attempts exhausted.
     Failed {
@@ -151,6 +153,11 @@ pub trait TaskStore: Send + Sync {
     /// Cheap liveness check of the backend.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// The store's clock as last measured: the time to stamp on what this replica writes (a
+    /// creation time, a debt's range). Decisions about a task's fate never use it; the store
+    /// takes them against its own clock inside the write.
+    fn now(&self) -> DateTime<Utc>;
+
     /// Stores a task unless its id exists; tells which happened.
     async fn insert(&self, task: NewTask) -> Result<InsertOutcome, StoreError>;
 
@@ -168,18 +175,11 @@ pub trait TaskStore: Send + Sync {
 
     async fn get(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError>;
 
-    /// Takes up to `limit` due publishes (owed, or a retry whose time has come), oldest first:
-    /// moves each to `until` so no other relay publishes it meanwhile, and returns those this
-    /// call took (one that another relay took in between is left out).
-    async fn take_due_publishes(
-        &self,
-        now: DateTime<Utc>,
-        until: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<TaskRecord>, StoreError>;
-
-    /// The broker confirmed the publish held until `until`: nothing more to publish.
-    async fn publish_confirmed(&self, task_id: &str, until: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Takes up to `limit` due publishes (owed, or a retry whose time has come, by the store's
+    /// clock), oldest first: holds each for `hold` so no other relay publishes it meanwhile, and
+    /// returns those this call took (one that another relay took in between is left out); each
+    /// record's `publish_due_at` is its hold, what [`Self::publish_confirmed_many`] matches.
+    async fn take_due_publishes(&self, hold: std::time::Duration, limit: u32) -> Result<Vec<TaskRecord>, StoreError>;
 
     /// Writes down, as one debt named `debt_id`, that the tasks the intake stores with a
     /// `created_at` in `created` owe their publish from `due_at`. Written before any of them is
@@ -195,11 +195,11 @@ pub trait TaskStore: Send + Sync {
     /// Every publish of debt `debt_id` was confirmed: the debt is gone.
     async fn settle_publishes(&self, debt_id: &str) -> Result<(), StoreError>;
 
-    /// Debts due by `now` (their writer never settled them: it stopped, or a publish or insert
-    /// failed) pass to their tasks: each task created in a debt's range and still queued owes its
-    /// publish from `now`, and the debt is gone. Up to `limit` debts; returns how many tasks
-    /// became owed.
-    async fn pass_on_due_debts(&self, now: DateTime<Utc>, limit: u32) -> Result<u64, StoreError>;
+    /// Debts due by the store's clock (their writer never settled them: it stopped, or a publish
+    /// or insert failed) pass to their tasks: each task created in a debt's range and still
+    /// queued owes its publish from now, and the debt is gone. Up to `limit` debts; returns how
+    /// many tasks became owed.
+    async fn pass_on_due_debts(&self, limit: u32) -> Result<u64, StoreError>;
 
     /// `publish_confirmed` for many tasks whose publishes were held until some time in
     /// `held` (inclusive); a task whose hold is outside it (re-taken since) keeps its debt.
@@ -209,17 +209,22 @@ pub trait TaskStore: Send + Sync {
         held: std::ops::RangeInclusive<DateTime<Utc>>,
     ) -> Result<(), StoreError>;
 
-    /// queued/retrying (and due) → processing for one more attempt, with a lease. `None` when the
-    /// task is not claimable (already claimed, final, cancelled, not yet due, or unknown).
-    async fn claim(&self, task_id: &str, lease_until: DateTime<Utc>) -> Result<Option<TaskRecord>, StoreError>;
+    /// queued/retrying (and due by the store's clock) → processing for one more attempt, leased
+    /// for `lease` from the store's now. `None` when the task is not claimable (already claimed,
+    /// final, cancelled, not yet due, or unknown).
+    async fn claim(&self, task_id: &str, lease: std::time::Duration) -> Result<Option<TaskRecord>, StoreError>;
 
     /// Claims many tasks at once (same rules as `claim`, one lease for all); returns those
     /// claimed. Group commit for consumers.
     async fn claim_batch(
         &self,
         task_ids: Vec<String>,
-        lease_until: DateTime<Utc>,
+        lease: std::time::Duration,
     ) -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// A delivery found `task_id` retrying and not yet due: make sure a publish stays owed for
+    /// when it is due, so that dropping the early message loses nothing.
+    async fn keep_publish_owed(&self, task_id: &str) -> Result<(), StoreError>;
 
     /// Records many attempt ends at once; one result per item, in order.
     async fn finish_batch(&self, finishes: Vec<Finish>) -> Vec<Result<Finished, StoreError>>;
@@ -245,24 +250,27 @@ pub trait TaskStore: Send + Sync {
         outcome: AttemptOutcome,
     ) -> Result<Option<TaskRecord>, StoreError>;
 
-    /// Processing tasks whose lease ended before `now`: back to retrying (due now), or failed when
-    /// no attempts remain. Returns how many were moved.
-    async fn expire_leases(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// Processing tasks whose lease has ended by the store's clock: back to retrying (due now),
+    /// or failed when no attempts remain. Returns how many were moved.
+    async fn expire_leases(&self) -> Result<u64, StoreError>;
 
-    /// Shutdown: gives back a task whose `attempt` is still running, as an expired lease would
-    /// (retrying due now, or failed without attempts left). `false` if the attempt is over.
+    /// Shutdown: gives back a task whose `attempt` is still running: retrying, due now. The
+    /// interrupted attempt does not count against the task's attempts (it is given one more), so
+    /// a deploy never fails a task on its last attempt without having run it. `false` if the
+    /// attempt is over.
     async fn release(&self, task_id: &str, attempt: u32) -> Result<bool, StoreError>;
 
     /// `DELETE /tasks/{id}`: queued/retrying → cancelled; `by` goes on the audit trail.
     async fn cancel(&self, task_id: &str, by: &str) -> Result<TaskRecord, TransitionError>;
 
-    /// `POST /tasks/{id}/retry`: failed/cancelled → queued, attempts reset, publish due now;
-    /// `by` goes on the audit trail. With `unreported_only`, a Camunda-linked task is taken only
-    /// while its report has failed for good (Camunda got no outcome, so a new run may report).
+    /// `POST /tasks/{id}/retry`: failed/cancelled → queued, attempts reset, its publish held for
+    /// `hold` (the caller publishes it); `by` goes on the audit trail. With `unreported_only`, a
+    /// Camunda-linked task is taken only while its report has failed for good (Camunda got no
+    /// outcome, so a new run may report).
     async fn manual_retry(
         &self,
         task_id: &str,
-        publish_until: DateTime<Utc>,
+        hold: std::time::Duration,
         by: &str,
         unreported_only: bool,
     ) -> Result<TaskRecord, TransitionError>;

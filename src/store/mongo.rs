@@ -2,10 +2,10 @@
 //! `updateOne` whose filter holds the expected state; no multi-document transactions. It must not
 //! log variables or URIs.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use bson::{DateTime as BsonDate, Document, doc};
+use bson::{Document, doc};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::{
@@ -14,10 +14,14 @@ use mongodb::{
     options::{Acknowledgment, ClientOptions, IndexOptions, ReturnDocument, WriteConcern},
 };
 
-use super::mongo_docs::{MAX_STEPS, bdate, claim_docs, finish_docs, new_record, transition_docs};
 use super::{
     AttemptOutcome, Finish, Finished, InsertOutcome, ListQuery, NewTask, ReportOutcome, Statistics, StoreError,
     TaskRecord, TaskSource, TaskStore, TransitionError,
+};
+use super::{
+    clock::{RANGE_SLACK, ServerClock},
+    mongo_change::{Change, due},
+    mongo_docs::{MAX_STEPS, bdate, claim_change, claim_guard, finish_docs, new_record, transition_docs},
 };
 use crate::{
     config::MongoSettings,
@@ -31,6 +35,8 @@ pub struct MongoStore {
     database: Database,
     /// With TLS in the URI: the last server that failed a TLS handshake, and why (see `connect`).
     tls_failure: Arc<std::sync::Mutex<Option<String>>>,
+    /// The server's clock as this replica estimates it (see `clock`).
+    clock: Arc<ServerClock>,
 }
 
 /// Maps a driver error: anything that says "the server is not reachable" becomes `Unavailable`.
@@ -109,7 +115,7 @@ impl MongoStore {
     }
 
     pub fn new(database: Database) -> Self {
-        Self { tasks: database.collection("tasks"), database, tls_failure: Arc::default() }
+        Self { tasks: database.collection("tasks"), database, tls_failure: Arc::default(), clock: Arc::default() }
     }
 
     /// `host:port: TLS handshake failed: reason` for the last server whose TLS handshake failed,
@@ -124,6 +130,17 @@ impl MongoStore {
 
     pub(super) fn tasks(&self) -> &Collection<TaskRecord> {
         &self.tasks
+    }
+
+    /// Measures the server's clock now (at start-up, before anything is stamped with it).
+    pub async fn measure_clock(&self) -> Result<(), StoreError> {
+        self.clock.measure(&self.database).await
+    }
+
+    /// The server's time, measured again if the last measurement is old: the bound of a sweep's
+    /// index range (see `clock`).
+    pub(super) async fn server_now(&self) -> Result<DateTime<Utc>, StoreError> {
+        self.clock.fresh_now(&self.database).await
     }
 
     /// Indexes serving the list filters (newest first), the statistics, and the relay's sweeps.
@@ -155,34 +172,60 @@ impl MongoStore {
         task_id: &str,
         event: Event,
         extra_filter: Document,
-        update: Document,
+        change: Change,
     ) -> Result<Option<TaskRecord>, StoreError> {
-        let (filter, update) = transition_docs(doc! {"_id": task_id}, event, extra_filter, update);
-        self.tasks.find_one_and_update(filter, update).return_document(ReturnDocument::After).await.map_err(classify)
+        let (filter, change) = transition_docs(doc! {"_id": task_id}, event, extra_filter, change);
+        self.tasks
+            .find_one_and_update(filter, change.pipeline())
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(classify)
     }
 
-    /// Takes a processing task back from an attempt that will not finish: retrying (due now)
-    /// while attempts remain, failed otherwise. `filter` pins the attempt being taken back.
-    async fn take_back(
+    /// A transition that applies only where `guard` holds by the server's clock: the task as
+    /// changed, or `None` when the filter or the guard ruled it out.
+    pub(super) async fn transition_guarded(
         &self,
-        task: &TaskRecord,
-        filter: Document,
-        reason: &str,
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        let changed = if task.attempts >= task.max_attempts {
-            let update = doc! {"$set": {"error_message": format!("{reason}; no attempts remain"),
-                     "completed_at": bdate(now), "camunda.report_due_at": bdate(now)},
-            "$unset": {"lease_until": ""}};
-            self.transition(&task.task_id, Event::FailFinal, filter, update).await?
+        task_id: &str,
+        event: Event,
+        extra_filter: Document,
+        change: Change,
+        guard: Document,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        let token = bson::oid::ObjectId::new().to_hex();
+        let change = change.set("change_token", token.as_str());
+        let (filter, change) = transition_docs(doc! {"_id": task_id}, event, extra_filter, change);
+        let found = self
+            .tasks
+            .clone_with_type::<Document>()
+            .find_one_and_update(filter, change.guarded(guard))
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(classify)?;
+        match found {
+            Some(doc) if doc.get_str("change_token").ok() == Some(token.as_str()) => {
+                bson::from_document(doc).map(Some).map_err(|e| StoreError::Other(e.to_string()))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Takes a processing task back from an attempt that will not finish (its lease ran out by
+    /// the server's clock): retrying (due now) while attempts remain, failed otherwise. `filter`
+    /// pins the attempt being taken back.
+    async fn take_back_expired(&self, task: &TaskRecord, filter: Document, reason: &str) -> Result<bool, StoreError> {
+        let (event, change) = if task.attempts >= task.max_attempts {
+            let change = Change::new()
+                .set("error_message", format!("{reason}; no attempts remain"))
+                .now("completed_at")
+                .now("camunda.report_due_at")
+                .unset("lease_until");
+            (Event::FailFinal, change)
         } else {
-            let update = doc! {"$set": {"error_message": reason,
-                     "next_attempt_at": bdate(now), "publish_due_at": bdate(now)},
-            "$inc": {"retries": 1},
-            "$unset": {"lease_until": ""}};
-            self.transition(&task.task_id, Event::LeaseExpired, filter, update).await?
+            (Event::LeaseExpired, back_to_retrying(reason))
         };
-        Ok(changed.is_some())
+        let guard = due("lease_until");
+        Ok(self.transition_guarded(&task.task_id, event, filter, change, guard).await?.is_some())
     }
 
     /// The id exists: an idempotent resubmit if the body matches, a conflict otherwise.
@@ -208,9 +251,20 @@ impl MongoStore {
     }
 }
 
-/// One audit record, as a `$push` (the last 50 kept).
-fn audit(action: &str, by: &str, at: BsonDate) -> Document {
-    doc! {"audit": {"$each": [{"action": action, "by": by, "at": at}], "$slice": -50}}
+/// Retrying, due now by the server's clock, for an attempt that ended without an outcome.
+fn back_to_retrying(reason: &str) -> Change {
+    Change::new()
+        .set("error_message", reason)
+        .now("next_attempt_at")
+        .now("publish_due_at")
+        .inc("retries", 1)
+        .unset("lease_until")
+}
+
+/// Appends one audit record (the last 50 kept), stamped with the store's clock.
+fn audit(change: Change, action: &str, by: &str, at: DateTime<Utc>) -> Change {
+    let entry = bson::bson!([{"action": action, "by": by, "at": bdate(at)}]);
+    change.push("audit", entry, 50)
 }
 
 #[async_trait]
@@ -219,9 +273,13 @@ impl TaskStore for MongoStore {
         self.database.run_command(doc! {"ping": 1}).await.map(|_| ()).map_err(classify)
     }
 
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
     #[tracing::instrument(skip_all, fields(task_id = %task.submission.task_id))]
     async fn insert_refused(&self, task: NewTask, reason: &str) -> Result<InsertOutcome, StoreError> {
-        let now = BsonDate::now();
+        let now = bdate(self.clock.now());
         let mut record = new_record(task, now);
         record.status = TaskStatus::Failed;
         record.error_message = Some(reason.to_owned());
@@ -234,7 +292,7 @@ impl TaskStore for MongoStore {
     }
 
     async fn insert(&self, task: NewTask) -> Result<InsertOutcome, StoreError> {
-        self.insert_record(new_record(task, BsonDate::now())).await
+        self.insert_record(new_record(task, bdate(self.clock.now()))).await
     }
 
     async fn insert_batch(
@@ -285,8 +343,8 @@ impl TaskStore for MongoStore {
         self.settle_publishes_impl(debt_id).await
     }
 
-    async fn pass_on_due_debts(&self, now: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
-        self.pass_on_due_debts_impl(now, limit).await
+    async fn pass_on_due_debts(&self, limit: u32) -> Result<u64, StoreError> {
+        self.pass_on_due_debts_impl(limit).await
     }
 
     async fn publish_confirmed_many(
@@ -295,7 +353,7 @@ impl TaskStore for MongoStore {
         held: std::ops::RangeInclusive<DateTime<Utc>>,
     ) -> Result<(), StoreError> {
         let held = doc! {"publish_due_at": {"$gte": bdate(*held.start()), "$lte": bdate(*held.end())}};
-        self.update_among(task_ids, &held, &doc! {"$unset": {"publish_due_at": ""}}).await?;
+        self.update_among(task_ids, &held, doc! {"$unset": {"publish_due_at": ""}}).await?;
         Ok(())
     }
 
@@ -303,35 +361,27 @@ impl TaskStore for MongoStore {
         self.tasks.find_one(doc! {"_id": task_id}).await.map_err(classify)
     }
 
-    async fn take_due_publishes(
-        &self,
-        now: DateTime<Utc>,
-        until: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<TaskRecord>, StoreError> {
-        self.take_due_publishes_impl(now, until, limit).await
-    }
-
-    async fn publish_confirmed(&self, task_id: &str, until: DateTime<Utc>) -> Result<(), StoreError> {
-        self.tasks
-            .update_one(doc! {"_id": task_id, "publish_due_at": bdate(until)}, doc! {"$unset": {"publish_due_at": ""}})
-            .await
-            .map_err(classify)?;
-        Ok(())
+    async fn take_due_publishes(&self, hold: Duration, limit: u32) -> Result<Vec<TaskRecord>, StoreError> {
+        self.take_due_publishes_impl(hold, limit).await
     }
 
     #[tracing::instrument(skip_all, fields(task_id))]
-    async fn claim(&self, task_id: &str, lease_until: DateTime<Utc>) -> Result<Option<TaskRecord>, StoreError> {
-        let (due, update) = claim_docs(lease_until, None);
-        self.transition(task_id, Event::Claim, due, update).await
+    async fn claim(&self, task_id: &str, lease: Duration) -> Result<Option<TaskRecord>, StoreError> {
+        let token = bson::oid::ObjectId::new().to_hex();
+        self.transition_guarded(task_id, Event::Claim, doc! {}, claim_change(lease, &token), claim_guard()).await
     }
 
-    async fn claim_batch(
-        &self,
-        task_ids: Vec<String>,
-        lease_until: DateTime<Utc>,
-    ) -> Result<Vec<TaskRecord>, StoreError> {
-        self.claim_batch_impl(task_ids, lease_until).await
+    async fn claim_batch(&self, task_ids: Vec<String>, lease: Duration) -> Result<Vec<TaskRecord>, StoreError> {
+        self.claim_batch_impl(task_ids, lease).await
+    }
+
+    async fn keep_publish_owed(&self, task_id: &str) -> Result<(), StoreError> {
+        // The message a relay sends when the retry falls due: the one in hand came early (a
+        // duplicate, or a publish another replica took before the store says it was due).
+        let filter = doc! {"_id": task_id, "status": "retrying", "publish_due_at": {"$exists": false}};
+        let change = Change::new().copy("publish_due_at", "next_attempt_at");
+        self.tasks.update_one(filter, change.pipeline()).await.map_err(classify)?;
+        Ok(())
     }
 
     async fn finish_batch(&self, finishes: Vec<Finish>) -> Vec<Result<Finished, StoreError>> {
@@ -346,15 +396,12 @@ impl TaskStore for MongoStore {
         steps: Vec<ProcessingStep>,
     ) -> Result<(), StoreError> {
         let steps = bson::to_bson(&steps).map_err(|e| StoreError::Other(e.to_string()))?;
-        let mut set = doc! {"updated_at": BsonDate::now()};
+        let mut change = Change::new().now("updated_at").push("processing_steps", steps, MAX_STEPS);
         if let Some(sub) = substatus {
-            set.insert("substatus", sub);
+            change = change.set("substatus", sub);
         }
         self.tasks
-            .update_one(
-                doc! {"_id": task_id, "status": "processing", "attempts": attempt},
-                doc! {"$set": set, "$push": {"processing_steps": {"$each": steps, "$slice": -MAX_STEPS}}},
-            )
+            .update_one(doc! {"_id": task_id, "status": "processing", "attempts": attempt}, change.pipeline())
             .await
             .map_err(classify)?;
         Ok(())
@@ -369,14 +416,17 @@ impl TaskStore for MongoStore {
         steps: Vec<ProcessingStep>,
         outcome: AttemptOutcome,
     ) -> Result<Option<TaskRecord>, StoreError> {
-        let (event, filter, update) = finish_docs(attempt, elapsed_ms, steps, outcome)?;
-        self.transition(task_id, event, filter, update).await
+        let (event, filter, change) = finish_docs(attempt, elapsed_ms, steps, outcome)?;
+        self.transition(task_id, event, filter, change).await
     }
 
-    async fn expire_leases(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+    async fn expire_leases(&self) -> Result<u64, StoreError> {
+        // The index narrows to leases about to end by the server's clock; the guard in each
+        // take-back decides by it exactly.
+        let bound = self.server_now().await? + RANGE_SLACK;
         let expired: Vec<TaskRecord> = self
             .tasks
-            .find(doc! {"status": "processing", "lease_until": {"$lte": bdate(now)}})
+            .find(doc! {"status": "processing", "lease_until": {"$lte": bdate(bound)}})
             .limit(500)
             .await
             .map_err(classify)?
@@ -385,8 +435,8 @@ impl TaskStore for MongoStore {
             .map_err(classify)?;
         let mut moved = 0;
         for task in expired {
-            let still_expired = doc! {"attempts": task.attempts, "lease_until": {"$lte": bdate(now)}};
-            if self.take_back(&task, still_expired, "lease expired: the consumer stopped mid-attempt", now).await? {
+            let this_attempt = doc! {"attempts": task.attempts};
+            if self.take_back_expired(&task, this_attempt, "lease expired: the consumer stopped mid-attempt").await? {
                 tracing::warn!(task_id = %task.task_id, attempt = task.attempts, "processing lease expired");
                 moved += 1;
             }
@@ -395,26 +445,27 @@ impl TaskStore for MongoStore {
     }
 
     async fn release(&self, task_id: &str, attempt: u32) -> Result<bool, StoreError> {
-        match self.get(task_id).await? {
-            Some(task) if task.status == TaskStatus::Processing && task.attempts == attempt => {
-                let reason = "released: the gateway shut down before this attempt finished";
-                self.take_back(&task, doc! {"attempts": attempt}, reason, Utc::now()).await
-            }
-            _ => Ok(false),
-        }
+        // The attempt was interrupted, not failed: it gets one more, so that a deploy on a
+        // topic with `max_attempts = 1` (or on a task's last attempt) never fails the task
+        // without its handler having had a full run.
+        let reason = "released: the gateway shut down before this attempt finished";
+        let change = back_to_retrying(reason).inc("max_attempts", 1);
+        let released = self.transition(task_id, Event::LeaseExpired, doc! {"attempts": attempt}, change).await?;
+        Ok(released.is_some())
     }
 
     async fn cancel(&self, task_id: &str, by: &str) -> Result<TaskRecord, TransitionError> {
-        let now = BsonDate::now();
         // A Camunda-linked task owes Camunda its cancel (its report is pending from the start);
         // on other tasks the due time is never looked at.
-        let update = doc! {
-            "$set": {"completed_at": now, "error_message": super::CANCELLED_MESSAGE, "error_code": "CANCELLED",
-                     "camunda.report_due_at": now},
-            "$unset": {"publish_due_at": "", "next_attempt_at": ""},
-            "$push": audit("cancel", by, now),
-        };
-        match self.transition(task_id, Event::Cancel, doc! {}, update).await? {
+        let change = Change::new()
+            .now("completed_at")
+            .set("error_message", super::CANCELLED_MESSAGE)
+            .set("error_code", "CANCELLED")
+            .now("camunda.report_due_at")
+            .unset("publish_due_at")
+            .unset("next_attempt_at");
+        let change = audit(change, "cancel", by, self.clock.now());
+        match self.transition(task_id, Event::Cancel, doc! {}, change).await? {
             Some(task) => Ok(task),
             None => Err(self.refusal(task_id).await),
         }
@@ -423,16 +474,19 @@ impl TaskStore for MongoStore {
     async fn manual_retry(
         &self,
         task_id: &str,
-        publish_until: DateTime<Utc>,
+        hold: Duration,
         by: &str,
         unreported_only: bool,
     ) -> Result<TaskRecord, TransitionError> {
-        let update = doc! {
-            "$set": {"attempts": 0, "retries": 0, "publish_due_at": bdate(publish_until), "substatus": null},
-            "$unset": {"completed_at": "", "next_attempt_at": "", "error_message": "", "error_code": "",
-                       "result": "", "lease_until": ""},
-            "$push": audit("retry", by, BsonDate::now()),
-        };
+        let mut change = Change::new()
+            .set("attempts", 0)
+            .set("retries", 0)
+            .after("publish_due_at", hold)
+            .set("substatus", bson::Bson::Null);
+        for field in ["completed_at", "next_attempt_at", "error_message", "error_code", "result", "lease_until"] {
+            change = change.unset(field);
+        }
+        let update = audit(change, "retry", by, self.clock.now());
         let guard = if unreported_only {
             doc! {"$or": [{"camunda.linked": {"$ne": true}}, {"camunda.report_state": "report_failed"}]}
         } else {
@@ -461,13 +515,13 @@ impl TaskStore for MongoStore {
     }
 
     async fn resend_report(&self, task_id: &str, by: &str) -> Result<TaskRecord, TransitionError> {
-        let now = BsonDate::now();
         // Counted as sent before: an earlier send may have landed, which a 404 then checks.
-        let update = doc! {
-            "$set": {"camunda.report_state": "pending", "camunda.report_due_at": now, "camunda.report_attempts": 1,
-                     "updated_at": now},
-            "$push": audit("resend_report", by, now),
-        };
+        let change = Change::new()
+            .set("camunda.report_state", "pending")
+            .now("camunda.report_due_at")
+            .set("camunda.report_attempts", 1)
+            .now("updated_at");
+        let update = audit(change, "resend_report", by, self.clock.now()).pipeline();
         let filter = doc! {"_id": task_id, "camunda.report_state": "report_failed"};
         let found = self
             .tasks

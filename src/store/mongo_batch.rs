@@ -5,14 +5,15 @@
 use std::collections::HashMap;
 
 use bson::{doc, oid::ObjectId};
-use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use mongodb::options::UpdateOneModel;
+use mongodb::options::{UpdateModifications, UpdateOneModel};
 
 use super::{
     Finish, Finished, StoreError, TaskRecord,
+    clock::RANGE_SLACK,
     mongo::{MongoStore, classify},
-    mongo_docs::{bdate, claim_docs, due_by, finish_docs, transition_docs},
+    mongo_change::{Change, due},
+    mongo_docs::{claim_change, claim_guard, due_by, finish_docs, transition_docs},
 };
 use crate::domain::Event;
 
@@ -51,7 +52,7 @@ impl MongoStore {
         &self,
         ids: &[S],
         rest: &bson::Document,
-        update: &bson::Document,
+        update: impl Into<UpdateModifications> + Clone,
     ) -> Result<u64, StoreError> {
         let mut modified = 0;
         for chunk in ids.chunks(IN_CHUNK) {
@@ -63,15 +64,16 @@ impl MongoStore {
 
     pub(super) async fn take_due_publishes_impl(
         &self,
-        now: DateTime<Utc>,
-        until: DateTime<Utc>,
+        hold: std::time::Duration,
         limit: u32,
     ) -> Result<Vec<TaskRecord>, StoreError> {
-        let due = doc! {"publish_due_at": due_by(now)};
+        // The index narrows to publishes about to fall due by the server's clock; the guard in
+        // the take decides by it exactly.
+        let candidates = doc! {"publish_due_at": due_by(self.server_now().await? + RANGE_SLACK)};
         let ids: Vec<String> = self
             .tasks()
             .clone_with_type::<bson::Document>()
-            .find(due.clone())
+            .find(candidates.clone())
             .sort(doc! {"publish_due_at": 1})
             .limit(i64::from(limit))
             .projection(doc! {"_id": 1})
@@ -89,8 +91,8 @@ impl MongoStore {
         // Still due means nobody else took it (a taker moves it into the future); the token
         // tells this take's documents from anyone else's in the read that follows.
         let token = ObjectId::new().to_hex();
-        let take = doc! {"$set": {"publish_due_at": bdate(until), "publish_token": &token}};
-        if self.update_among(&ids, &due, &take).await? == 0 {
+        let take = Change::new().after("publish_due_at", hold).set("publish_token", token.as_str());
+        if self.update_among(&ids, &candidates, take.guarded(due("publish_due_at"))).await? == 0 {
             return Ok(Vec::new());
         }
         self.find_among(&ids, doc! {"publish_token": &token}).await
@@ -99,13 +101,12 @@ impl MongoStore {
     pub(super) async fn claim_batch_impl(
         &self,
         task_ids: Vec<String>,
-        lease_until: DateTime<Utc>,
+        lease: std::time::Duration,
     ) -> Result<Vec<TaskRecord>, StoreError> {
         // The token tells this batch's claims from anyone else's in the read that follows.
         let token = ObjectId::new().to_hex();
-        let (due, update) = claim_docs(lease_until, Some(&token));
-        let (expected, update) = transition_docs(doc! {}, Event::Claim, due, update);
-        if self.update_among(&task_ids, &expected, &update).await? == 0 {
+        let (expected, change) = transition_docs(doc! {}, Event::Claim, doc! {}, claim_change(lease, &token));
+        if self.update_among(&task_ids, &expected, change.guarded(claim_guard())).await? == 0 {
             return Ok(Vec::new());
         }
         self.find_among(&task_ids, doc! {"claim_token": &token}).await
@@ -116,10 +117,14 @@ impl MongoStore {
         let mut models = Vec::with_capacity(finishes.len());
         for f in &finishes {
             match finish_docs(f.attempt, f.elapsed_ms, f.steps.clone(), f.outcome.clone()) {
-                Ok((event, extra, update)) => {
-                    let (filter, update) = transition_docs(doc! {"_id": &f.task_id}, event, extra, update);
+                Ok((event, extra, change)) => {
+                    let (filter, change) = transition_docs(doc! {"_id": &f.task_id}, event, extra, change);
                     models.push(
-                        UpdateOneModel::builder().namespace(namespace.clone()).filter(filter).update(update).build(),
+                        UpdateOneModel::builder()
+                            .namespace(namespace.clone())
+                            .filter(filter)
+                            .update(change.pipeline())
+                            .build(),
                     );
                 }
                 Err(e) => return finishes.iter().map(|_| Err(e.clone())).collect(),

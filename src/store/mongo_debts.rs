@@ -14,6 +14,7 @@ use mongodb::Collection;
 use super::{
     StoreError,
     mongo::{MongoStore, classify},
+    mongo_change::Change,
     mongo_docs::{bdate, due_by},
 };
 
@@ -34,6 +35,9 @@ impl MongoStore {
     ) -> Result<(), StoreError> {
         let debt =
             doc! {"_id": debt_id, "from": bdate(created.start), "until": bdate(created.end), "due_at": bdate(due_at)};
+        // The intake opens a window a second on the store's clock as last measured: keep the
+        // measurement fresh (a no-op unless it is old), also on a replica that runs no relay.
+        self.server_now().await?;
         self.debts().insert_one(debt).await.map_err(classify)?;
         Ok(())
     }
@@ -43,10 +47,13 @@ impl MongoStore {
         Ok(())
     }
 
-    pub(super) async fn pass_on_due_debts_impl(&self, now: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+    pub(super) async fn pass_on_due_debts_impl(&self, limit: u32) -> Result<u64, StoreError> {
+        // A debt passed on early only publishes again what may already be published; the
+        // server's clock (as measured) is precise enough for that, and the tasks' own publish
+        // times below are the server's `$$NOW`.
         let due: Vec<Document> = self
             .debts()
-            .find(doc! {"due_at": due_by(now)})
+            .find(doc! {"due_at": due_by(self.server_now().await?)})
             .sort(doc! {"due_at": 1})
             .limit(i64::from(limit))
             .await
@@ -58,7 +65,7 @@ impl MongoStore {
         // several) may overlap: a task owing its publish twice, or one already published, is only
         // published again, which the consumer's claim turns into a no-op. So the filter is the
         // state and the creation range alone, which the `status_created` index serves.
-        let owe = doc! {"$set": {"publish_due_at": bdate(now)}};
+        let owe = Change::new().now("publish_due_at").pipeline();
         let mut owed = 0;
         for debt in due {
             owed += match (debt.get_datetime("from"), debt.get_datetime("until")) {
@@ -72,7 +79,7 @@ impl MongoStore {
                         .get_array("task_ids")
                         .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
                         .unwrap_or_default();
-                    self.update_among(&ids, &doc! {"status": "queued"}, &owe).await?
+                    self.update_among(&ids, &doc! {"status": "queued"}, owe.clone()).await?
                 }
             };
             self.debts().delete_one(doc! {"_id": debt.get("_id")}).await.map_err(classify)?;

@@ -4,10 +4,13 @@
 
 use std::time::Duration;
 
-use bson::{DateTime as BsonDate, Document, doc};
+use bson::{Bson, DateTime as BsonDate, Document, doc};
 use chrono::{DateTime, Utc};
 
-use super::{AttemptOutcome, NewTask, StoreError, TaskRecord};
+use super::{
+    AttemptOutcome, NewTask, StoreError, TaskRecord,
+    mongo_change::{Change, not_future},
+};
 use crate::{
     domain::{Event, TaskStatus},
     topics::ProcessingStep,
@@ -34,85 +37,95 @@ pub(super) fn states(list: &[TaskStatus]) -> Vec<&'static str> {
     list.iter().map(|s| s.as_str()).collect()
 }
 
-/// Filter and update for `event` on the tasks `base` selects: the filter names the states the
-/// event may leave from, the update sets the state it leads to.
+/// Filter and change for `event` on the tasks `base` selects: the filter names the states the
+/// event may leave from, the change sets the state it leads to.
 pub(super) fn transition_docs(
     mut base: Document,
     event: Event,
     extra_filter: Document,
-    mut update: Document,
-) -> (Document, Document) {
+    change: Change,
+) -> (Document, Change) {
     let t = event.transition();
     base.insert("status", doc! {"$in": states(t.from)});
     base.extend(extra_filter);
-    let set = update.entry("$set".to_owned()).or_insert_with(|| doc! {}.into());
-    if let bson::Bson::Document(set) = set {
-        set.insert("status", t.to.as_str());
-        set.insert("updated_at", BsonDate::now());
-    }
-    (base, update)
+    (base, change.set("status", t.to.as_str()).now("updated_at"))
 }
 
-/// Extra filter (due now) and update for claiming; `token` marks a batch claim's documents.
-pub(super) fn claim_docs(lease_until: DateTime<Utc>, token: Option<&str>) -> (Document, Document) {
-    let now = BsonDate::now();
-    // Not yet due is the one excluded case ("no retry scheduled" is a missing or null field). A
-    // top-level `$or` would say the same, but SecantusDB then scans the whole collection instead of
-    // looking the ids up (1 s against 20 ms at 10 000 tasks).
-    let due = doc! {"next_attempt_at": {"$not": {"$gt": now}}};
-    let mut set = doc! {"lease_until": bdate(lease_until), "started_at": now, "substatus": null};
-    if let Some(token) = token {
-        set.insert("claim_token", token);
-    }
+/// The claim of one more attempt, leased for `lease` from the server's now; `token` marks the
+/// claim's documents. It applies only where the task is due ([`claim_guard`]).
+pub(super) fn claim_change(lease: Duration, token: &str) -> Change {
     // Delivered, so nothing is owed to the broker any more: the publish's own record of its
     // confirm (written later, see `intake`) then finds nothing left to write.
-    (due, doc! {"$set": set, "$inc": {"attempts": 1}, "$unset": {"publish_due_at": ""}})
+    Change::new()
+        .after("lease_until", lease)
+        .now("started_at")
+        .set("substatus", Bson::Null)
+        .set("claim_token", token)
+        .inc("attempts", 1)
+        .unset("publish_due_at")
 }
 
-/// The event, extra filter (this attempt) and update that record how `attempt` ended.
+/// Claimable means not yet due is ruled out ("no retry scheduled" is a missing field), by the
+/// server's clock.
+pub(super) fn claim_guard() -> Document {
+    not_future("next_attempt_at")
+}
+
+/// The event, extra filter (this attempt) and change that record how `attempt` ended.
 pub(super) fn finish_docs(
     attempt: u32,
     elapsed_ms: i64,
     steps: Vec<ProcessingStep>,
     outcome: AttemptOutcome,
-) -> Result<(Event, Document, Document), StoreError> {
-    let now = BsonDate::now();
-    let (event, mut update) = match outcome {
+) -> Result<(Event, Document, Change), StoreError> {
+    let (event, mut change) = match outcome {
         AttemptOutcome::Succeeded { result } => {
             let result = bson::to_bson(&result).map_err(|e| StoreError::Other(e.to_string()))?;
-            (
-                Event::Succeed,
-                doc! {"$set": {"result": result, "completed_at": now, "substatus": null, "camunda.report_due_at": now},
-                "$unset": {"lease_until": "", "next_attempt_at": "", "error_message": "", "error_code": ""}},
-            )
+            let change = Change::new()
+                .set("result", result)
+                .now("completed_at")
+                .set("substatus", Bson::Null)
+                .now("camunda.report_due_at")
+                .unset("lease_until")
+                .unset("next_attempt_at")
+                .unset("error_message")
+                .unset("error_code");
+            (Event::Succeed, change)
         }
-        AttemptOutcome::Retry { error, next_attempt_at } => (
+        AttemptOutcome::Retry { error, backoff } => (
             Event::FailRetryable,
-            doc! {"$set": {"error_message": error, "next_attempt_at": bdate(next_attempt_at),
-                     "publish_due_at": bdate(next_attempt_at)},
-            "$inc": {"retries": 1},
-            "$unset": {"lease_until": ""}},
+            Change::new()
+                .set("error_message", error)
+                .after("next_attempt_at", backoff)
+                .after("publish_due_at", backoff)
+                .inc("retries", 1)
+                .unset("lease_until"),
         ),
         AttemptOutcome::Failed { error, error_code } => (
             Event::FailFinal,
-            doc! {"$set": {"error_message": error, "error_code": error_code, "completed_at": now,
-                           "camunda.report_due_at": now},
-            "$unset": {"lease_until": "", "next_attempt_at": ""}},
+            Change::new()
+                .set("error_message", error)
+                .set("error_code", error_code)
+                .now("completed_at")
+                .now("camunda.report_due_at")
+                .unset("lease_until")
+                .unset("next_attempt_at"),
         ),
     };
-    if let Ok(set) = update.get_document_mut("$set") {
-        set.insert("processing_time_ms", elapsed_ms);
-    }
+    change = change.set("processing_time_ms", elapsed_ms);
     if !steps.is_empty() {
         let steps = bson::to_bson(&steps).map_err(|e| StoreError::Other(e.to_string()))?;
-        update.insert("$push", doc! {"processing_steps": {"$each": steps, "$slice": -MAX_STEPS}});
+        change = change.push("processing_steps", steps, MAX_STEPS);
     }
-    Ok((event, doc! {"attempts": attempt}, update))
+    Ok((event, doc! {"attempts": attempt}, change))
 }
 
 /// The stored form of a new task: queued, no attempt yet, its publish owed from `publish_due_at`
 /// (or by a publish debt).
 pub(super) fn new_record(task: NewTask, now: BsonDate) -> TaskRecord {
+    let publish_due_at = task.publish_after.map(|after| {
+        BsonDate::from_millis(now.timestamp_millis().saturating_add(i64::try_from(after.as_millis()).unwrap_or(0)))
+    });
     let s = task.submission;
     TaskRecord {
         task_id: s.task_id.to_string(),
@@ -137,7 +150,7 @@ pub(super) fn new_record(task: NewTask, now: BsonDate) -> TaskRecord {
         completed_at: None,
         lease_until: None,
         next_attempt_at: None,
-        publish_due_at: task.publish_due_at.map(bdate),
+        publish_due_at,
         camunda: task.camunda,
         audit: Vec::new(),
     }
@@ -145,6 +158,6 @@ pub(super) fn new_record(task: NewTask, now: BsonDate) -> TaskRecord {
 
 /// How long a claim may run before the relay presumes the consumer dead: the handler's timeout
 /// plus room for recording the outcome.
-pub fn lease_for(timeout: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(timeout + Duration::from_secs(30)).unwrap_or(chrono::Duration::hours(1))
+pub fn lease_for(timeout: Duration) -> Duration {
+    timeout + Duration::from_secs(30)
 }

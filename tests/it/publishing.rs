@@ -85,7 +85,7 @@ async fn an_unsettled_debt_gets_its_stored_tasks_published() {
             max_attempts: 3,
             source: TaskSource::Http,
             camunda: CamundaLink::not_applicable(),
-            publish_due_at: None,
+            publish_after: None,
         };
         assert!(matches!(store.insert(task).await.expect("insert"), InsertOutcome::Created(_)));
     }

@@ -152,14 +152,16 @@ pub async fn store_lifecycle(
                 max_attempts: 3,
                 source: TaskSource::Http,
                 camunda: CamundaLink::not_applicable(),
-                publish_due_at: None,
+                publish_after: None,
             });
         }
         for outcome in store.insert_batch(tasks, chrono::Utc::now()).await {
             outcome.map_err(|e| anyhow::anyhow!("insert_batch: {e}"))?;
         }
-        let lease_until = chrono::Utc::now() + chrono::Duration::seconds(60);
-        let claimed = store.claim_batch(ids, lease_until).await.map_err(|e| anyhow::anyhow!("claim_batch: {e}"))?;
+        let claimed = store
+            .claim_batch(ids, std::time::Duration::from_secs(60))
+            .await
+            .map_err(|e| anyhow::anyhow!("claim_batch: {e}"))?;
         if claimed.len() != batch {
             bail!("claim_batch claimed {} of {batch}", claimed.len());
         }
