@@ -148,6 +148,7 @@ impl Application {
                     registry: state.registry.clone(),
                     limits: settings.limits,
                     worker_id: c.worker_id.clone(),
+                    replica: bson::oid::ObjectId::new().to_hex(),
                 }
                 .run(stop.clone()),
             )),

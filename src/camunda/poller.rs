@@ -30,6 +30,9 @@ pub struct Poller {
     pub registry: Registry,
     pub limits: Limits,
     pub worker_id: String,
+    /// This process among the replicas (every replica pulls as `worker_id`): what it writes on
+    /// the tasks it locks, so its shutdown unlocks those alone.
+    pub replica: String,
 }
 
 impl Poller {
@@ -109,6 +112,7 @@ impl Poller {
         link.lock_expires_at =
             Some(bson::DateTime::from_chrono(Utc::now() + chrono::Duration::from_std(lock).unwrap_or_default()));
         link.process_instance_id = task.process_instance_id.clone();
+        link.pulled_by = Some(self.replica.clone());
         let new = NewTask {
             submission,
             max_attempts: topic.spec.retry.max_attempts,
@@ -184,7 +188,7 @@ impl Poller {
     /// another worker (or this gateway after a restart) can take them at once. The cancel owes
     /// Camunda that unlock; sent here and recorded, or else left for the reporter to send.
     async fn unlock_unstarted(&self) {
-        let Ok(tasks) = self.store.unstarted(TaskSource::Camunda, 1000).await else { return };
+        let Ok(tasks) = self.store.unstarted(&self.replica, 1000).await else { return };
         let mut handed_back = 0;
         for task in tasks {
             if self.store.cancel(&task.task_id, "gateway (shutdown)").await.is_ok() {

@@ -296,8 +296,8 @@ pub trait TaskStore: Send + Sync {
 
     async fn set_lock_expiry(&self, task_id: &str, at: DateTime<Utc>) -> Result<(), StoreError>;
 
-    /// Queued tasks from `source` that no attempt has started.
-    async fn unstarted(&self, source: TaskSource, limit: u32) -> Result<Vec<TaskRecord>, StoreError>;
+    /// Queued pulled tasks that no attempt has started, locked by the replica `pulled_by`.
+    async fn unstarted(&self, pulled_by: &str, limit: u32) -> Result<Vec<TaskRecord>, StoreError>;
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<TaskRecord>, StoreError>;
 

@@ -559,8 +559,8 @@ impl TaskStore for MongoStore {
         self.set_lock_expiry_impl(task_id, at).await
     }
 
-    async fn unstarted(&self, source: TaskSource, limit: u32) -> Result<Vec<TaskRecord>, StoreError> {
-        self.unstarted_impl(source, limit).await
+    async fn unstarted(&self, pulled_by: &str, limit: u32) -> Result<Vec<TaskRecord>, StoreError> {
+        self.unstarted_impl(pulled_by, limit).await
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<TaskRecord>, StoreError> {

@@ -106,7 +106,8 @@ impl MongoStore {
         Ok(())
     }
 
-    pub(super) async fn unstarted_impl(&self, source: TaskSource, limit: u32) -> Result<Vec<TaskRecord>, StoreError> {
-        self.find_many(doc! {"source": source_name(source), "status": "queued", "attempts": 0}, limit).await
+    pub(super) async fn unstarted_impl(&self, pulled_by: &str, limit: u32) -> Result<Vec<TaskRecord>, StoreError> {
+        let filter = doc! {"source": "camunda", "status": "queued", "attempts": 0, "camunda.pulled_by": pulled_by};
+        self.find_many(filter, limit).await
     }
 }

@@ -44,6 +44,10 @@ pub struct CamundaLink {
     pub lock_expires_at: Option<BsonDate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process_instance_id: Option<String>,
+    /// Pull mode: the replica (one gateway process) whose poller locked the task, so that its
+    /// shutdown hands back its own locks and no other replica's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pulled_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report_attempts: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,6 +70,7 @@ impl CamundaLink {
             report_due_at: None,
             lock_expires_at: None,
             process_instance_id: None,
+            pulled_by: None,
             report_attempts: None,
             last_report_error: None,
             reported_at: None,

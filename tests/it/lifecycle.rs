@@ -192,8 +192,9 @@ fn a_bad_setting_stops_start_up_naming_the_variable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_gives_back_the_attempts_that_outlive_the_grace_period() {
     let down = crate::helpers::downstream_with(vec![200], Duration::from_secs(10), None).await;
+    // One attempt only: an attempt a deploy interrupts must not use it up.
     let mut app = spawn_app_with(AppOptions {
-        topics: vec![("lingering".into(), http_topic(&down.url, 3, 60))],
+        topics: vec![("lingering".into(), http_topic(&down.url, 1, 60))],
         vars: vec![("SHUTDOWN_GRACE_SECONDS".into(), "1".into())],
         ..Default::default()
     })
@@ -212,16 +213,17 @@ async fn shutdown_gives_back_the_attempts_that_outlive_the_grace_period() {
         assert_eq!(running["metadata"]["processing_steps"][0]["status"], "started", "{running}");
     }
     app.stop().await;
-    // Not stuck in processing until their 90 s lease runs out: back to retrying, due now.
+    // Not stuck in processing until their 90 s lease runs out, and not failed for want of
+    // attempts: back to retrying, due now, with the interrupted attempt given back.
     for id in ids {
         let task = app.status_from_store(id).await;
-        assert_eq!((task.status.as_str(), task.attempts), ("retrying", 1), "{task:?}");
+        assert_eq!((task.status.as_str(), task.attempts, task.max_attempts), ("retrying", 1, 2), "{task:?}");
         assert!(task.error_message.unwrap_or_default().contains("shut down"));
     }
     let reuse = Some((app.database.clone(), app.exchange.clone()));
     let fast = downstream(vec![200]).await;
     let next = spawn_app_with(AppOptions {
-        topics: vec![("lingering".into(), http_topic(&fast.url, 3, 60))],
+        topics: vec![("lingering".into(), http_topic(&fast.url, 1, 60))],
         reuse,
         ..Default::default()
     })

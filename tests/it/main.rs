@@ -17,5 +17,6 @@ mod lifecycle;
 mod publishing;
 mod seed_workers;
 mod shutdown;
+mod store_clock;
 mod tls;
 mod variables;
