@@ -59,7 +59,8 @@ pub async fn publish_many(
 pub async fn publish_all(broker: &dyn Broker, metrics: &Metrics, tasks: &[TaskRecord]) -> (Vec<String>, u64) {
     let sends = tasks.iter().map(|task| async move {
         let body = message_body(task);
-        (task, broker.publish(&task.topic, body.as_bytes(), task.attempts + 1).await)
+        let trace = crate::trace::TraceContext::of_task(task.trace_id.as_deref()).map(|t| t.to_string());
+        (task, broker.publish(&task.topic, body.as_bytes(), task.attempts + 1, trace.as_deref()).await)
     });
     let mut confirmed = Vec::with_capacity(tasks.len());
     let mut failed = 0;
@@ -69,7 +70,7 @@ pub async fn publish_all(broker: &dyn Broker, metrics: &Metrics, tasks: &[TaskRe
             Err(error) => {
                 failed += 1;
                 metrics.publish_failures.get_or_create(&Metrics::topic(&task.topic)).inc();
-                tracing::warn!(%error, task_id = %task.task_id, "publish not confirmed; the relay will retry");
+                tracing::warn!(%error, task_id = %task.task_id, trace_id = task.trace_id.as_deref(), "publish not confirmed; the relay will retry");
             }
         }
     }

@@ -31,8 +31,15 @@ pub enum PublishError {
 #[async_trait]
 pub trait Broker: Send + Sync {
     /// Publishes a submission body for `topic` and waits until the broker has confirmed it as
-    /// stored and routed. Only `Ok` means published.
-    async fn publish(&self, topic: &str, body: &[u8], attempt: u32) -> Result<(), PublishError>;
+    /// stored and routed, with the task's `traceparent` (see `trace`) in its headers. Only `Ok`
+    /// means published.
+    async fn publish(
+        &self,
+        topic: &str,
+        body: &[u8],
+        attempt: u32,
+        traceparent: Option<&str>,
+    ) -> Result<(), PublishError>;
 
     /// Whether publishing is possible now: connected and not blocked (for `/health` and the relay).
     fn is_connected(&self) -> bool;

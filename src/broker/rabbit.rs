@@ -393,13 +393,23 @@ async fn close_in_order(conn: Connection, publisher: Option<Channel>, consumers:
 
 #[async_trait]
 impl Broker for RabbitBroker {
-    async fn publish(&self, topic: &str, body: &[u8], attempt: u32) -> Result<(), PublishError> {
+    async fn publish(
+        &self,
+        topic: &str,
+        body: &[u8],
+        attempt: u32,
+        traceparent: Option<&str>,
+    ) -> Result<(), PublishError> {
         if self.inner.blocked.load(Ordering::SeqCst) {
             return Err(PublishError::Blocked);
         }
         let channel = self.inner.publisher.read().ok().and_then(|p| p.clone()).ok_or(PublishError::NotConnected)?;
         let mut headers = FieldTable::default();
         headers.insert("attempt".into(), AMQPValue::LongUInt(attempt));
+        if let Some(traceparent) = traceparent {
+            // The task's trace, for any consumer that follows W3C Trace Context over AMQP.
+            headers.insert("traceparent".into(), AMQPValue::LongString(traceparent.into()));
+        }
         let properties = BasicProperties::default()
             .with_delivery_mode(2) // persistent: survives a broker restart
             .with_content_type("application/json".into())

@@ -125,6 +125,7 @@ impl CamundaClient {
             None => self.http.get(url),
         }
         .timeout(timeout);
+        request = crate::trace::propagate(request);
         if let Some((user, password)) = &self.auth {
             request = request.basic_auth(user, Some(password.expose()));
         }

@@ -119,6 +119,8 @@ impl Poller {
             source: TaskSource::Camunda,
             camunda: link,
             publish_after: Some(PUBLISH_HOLD),
+            // Nobody sent this task with a trace: it begins its own.
+            trace_id: Some(crate::trace::TraceContext::root().trace_id),
         };
         let published = match self.store.insert(new).await {
             Ok(InsertOutcome::Created(record)) => Some(record),
@@ -178,7 +180,9 @@ impl Poller {
                         let until = asked + chrono::Duration::from_std(lock).unwrap_or_default();
                         let _ = self.store.set_lock_expiry(&task.task_id, until).await;
                     }
-                    Err(error) => tracing::warn!(%error, task_id = %task.task_id, "could not extend a lock"),
+                    Err(error) => {
+                        tracing::warn!(%error, task_id = %task.task_id, trace_id = task.trace_id.as_deref(), "could not extend a lock")
+                    }
                 }
             }
         }
@@ -197,10 +201,12 @@ impl Poller {
                         handed_back += 1;
                         let reported = ReportOutcome::Reported { how: "unlock".into() };
                         if let Err(error) = self.store.record_report(&task.task_id, reported).await {
-                            tracing::warn!(%error, task_id = %task.task_id, "unlocked, but not recorded as reported");
+                            tracing::warn!(%error, task_id = %task.task_id, trace_id = task.trace_id.as_deref(), "unlocked, but not recorded as reported");
                         }
                     }
-                    Err(error) => tracing::warn!(%error, task_id = %task.task_id, "could not unlock at shutdown"),
+                    Err(error) => {
+                        tracing::warn!(%error, task_id = %task.task_id, trace_id = task.trace_id.as_deref(), "could not unlock at shutdown")
+                    }
                 }
             }
         }

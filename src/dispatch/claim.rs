@@ -107,6 +107,7 @@ impl Dispatcher {
             source: TaskSource::Amqp,
             camunda: if self.reporter.is_some() { CamundaLink::pending() } else { CamundaLink::not_applicable() },
             publish_after: Some(lease_for(topic.spec.timeout())),
+            trace_id: Some(crate::trace::TraceContext::root().trace_id),
         };
         match self.needed("storing a direct submission", || self.store.insert(new.clone())).await? {
             InsertOutcome::Conflict(_) => {

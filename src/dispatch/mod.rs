@@ -120,15 +120,23 @@ impl Dispatcher {
     }
 
     /// Handles one message body, start to finish.
-    #[tracing::instrument(skip_all, fields(task_id, topic))]
+    #[tracing::instrument(skip_all, fields(task_id, topic, trace_id))]
     pub async fn process(&self, body: Vec<u8>) -> Processed {
         // Claiming and recording are boxed: neither is live while the handler runs, and inline
         // they would size the future that 10 000 tasks in flight each hold for the whole call.
         // (A moved-from local still takes room in an async fn's state, hence the boxed attempt.)
-        let taken = Box::pin(self.take(&body)).await.map(|(task, topic)| (self.begin(task), topic));
+        let taken = Box::pin(self.take(&body)).await.map(|(task, topic)| {
+            let trace = crate::trace::TraceContext::of_task(task.trace_id.as_deref());
+            if let Some(trace) = &trace {
+                tracing::Span::current().record("trace_id", trace.trace_id.as_str());
+            }
+            (self.begin(task), topic, trace)
+        });
         drop(body);
         match taken {
-            Ok((attempt, topic)) => self.run(attempt, topic).await,
+            // The handler's calls and the Camunda report join the task's trace.
+            Ok((attempt, topic, Some(trace))) => crate::trace::scope(trace, self.run(attempt, topic)).await,
+            Ok((attempt, topic, None)) => self.run(attempt, topic).await,
             Err(processed) => processed,
         }
     }

@@ -93,16 +93,22 @@ impl Dispatcher {
             return;
         }
         let timeout = topic.spec.timeout();
-        tokio::spawn(async move {
+        let trace = crate::trace::current();
+        let send = async move {
             if task.status.is_final() {
                 if let Err(error) = reporter.report(&task).await {
-                    tracing::warn!(%error, task_id = %task.task_id, "report deferred to the relay");
+                    tracing::warn!(%error, task_id = %task.task_id, trace_id = task.trace_id.as_deref(), "report deferred to the relay");
                 }
             } else if task.status == crate::domain::TaskStatus::Retrying {
                 let left = task.max_attempts.saturating_sub(task.attempts);
                 reporter.report_retry(&task, left, next_attempt_in, timeout).await;
             }
-        });
+        };
+        // Spawned, so the task's trace goes along by hand.
+        match trace {
+            Some(trace) => tokio::spawn(crate::trace::scope(trace, send)),
+            None => tokio::spawn(send),
+        };
     }
 
     async fn finish(&self, finish: Finish) -> StoreResult<Finished> {

@@ -71,6 +71,8 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(guard, crate::guard::deadlines))
         .layer(middleware::from_fn(error::error_path))
+        // Outermost: every request, refused ones too, has its trace and request id.
+        .layer(middleware::from_fn(crate::trace::edge))
         .with_state(state)
 }
 

@@ -35,6 +35,7 @@ pub async fn record(
         source: TaskSource::Http,
         camunda: if state.camunda.is_some() { CamundaLink::pending() } else { CamundaLink::not_applicable() },
         publish_after: None,
+        trace_id: crate::trace::current().map(|t| t.trace_id),
     };
     let created = match state.store.insert_refused(new, &reason).await? {
         InsertOutcome::Created(task) => {

@@ -123,6 +123,7 @@ pub async fn submit(
         camunda: if state.camunda.is_some() { CamundaLink::pending() } else { CamundaLink::not_applicable() },
         // The intake's publish window owes this task's publish.
         publish_after: None,
+        trace_id: crate::trace::current().map(|t| t.trace_id),
     };
     let task_id = submission.task_id.to_string();
     match state.intake.submit(new).await? {

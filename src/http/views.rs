@@ -107,6 +107,10 @@ pub struct TaskView {
     pub timestamps: Timestamps,
     pub metadata: Metadata,
     pub camunda: CamundaView,
+    /// The W3C trace id every hop of this task joins (logs, AMQP headers, downstream and
+    /// Camunda calls): the submitter's `traceparent`, or one begun for the task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// Cancels, retries and report re-sends by hand, oldest first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub audit: Vec<AuditView>,
@@ -165,6 +169,7 @@ impl TaskView {
                 reported_as: t.camunda.reported_as.clone(),
                 completed_by: t.camunda.completed_by.clone(),
             },
+            trace_id: t.trace_id.clone(),
             audit: t
                 .audit
                 .iter()
@@ -206,6 +211,7 @@ mod tests {
             next_attempt_at: None,
             publish_due_at: None,
             camunda,
+            trace_id: None,
             audit: Vec::new(),
         }
     }

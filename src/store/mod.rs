@@ -59,6 +59,8 @@ pub struct NewTask {
     /// not been confirmed by then (the store turns it into a time on its own clock). `None` when
     /// a publish debt (see [`TaskStore::owe_publishes`]) written before the task stands for it.
     pub publish_after: Option<std::time::Duration>,
+    /// The trace it belongs to (see `trace`), stored so every later hop joins it.
+    pub trace_id: Option<String>,
 }
 
 /// How an attempt ended.

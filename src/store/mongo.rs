@@ -437,7 +437,7 @@ impl TaskStore for MongoStore {
         for task in expired {
             let this_attempt = doc! {"attempts": task.attempts};
             if self.take_back_expired(&task, this_attempt, "lease expired: the consumer stopped mid-attempt").await? {
-                tracing::warn!(task_id = %task.task_id, attempt = task.attempts, "processing lease expired");
+                tracing::warn!(task_id = %task.task_id, trace_id = task.trace_id.as_deref(), attempt = task.attempts, "processing lease expired");
                 moved += 1;
             }
         }

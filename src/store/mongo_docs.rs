@@ -152,6 +152,7 @@ pub(super) fn new_record(task: NewTask, now: BsonDate) -> TaskRecord {
         next_attempt_at: None,
         publish_due_at,
         camunda: task.camunda,
+        trace_id: task.trace_id,
         audit: Vec::new(),
     }
 }

@@ -138,6 +138,9 @@ pub struct TaskRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish_due_at: Option<BsonDate>,
     pub camunda: CamundaLink,
+    /// The W3C trace the task belongs to (32 hex digits): the submitter's, or one begun for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// Hand-made changes, oldest first (the last 50).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub audit: Vec<AuditEntry>,

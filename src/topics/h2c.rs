@@ -99,6 +99,11 @@ impl H2cClient {
         if let Some(authorization) = &self.authorization {
             headers.insert(header::AUTHORIZATION, authorization.clone());
         }
+        if let Some(trace) = crate::trace::current()
+            && let Ok(value) = HeaderValue::from_str(&trace.child().to_string())
+        {
+            headers.insert(crate::trace::TRACEPARENT, value);
+        }
         let (response, mut stream) = send.send_request(request, false).map_err(unreachable)?;
         stream.send_data(body, true).map_err(unreachable)?;
         let response = response.await.map_err(unreachable)?;

@@ -130,6 +130,7 @@ impl HttpHandler {
     ) -> Result<(StatusCode, Bytes), HandlerError> {
         let request =
             client.post(url).timeout(self.timeout).header(http::header::CONTENT_TYPE, "application/json").body(body);
+        let request = crate::trace::propagate(request);
         let response = match request.send().await {
             Ok(r) => r,
             Err(e) if e.is_timeout() => return Err(HandlerError::retryable("downstream timed out")),

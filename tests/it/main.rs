@@ -19,4 +19,5 @@ mod seed_workers;
 mod shutdown;
 mod store_clock;
 mod tls;
+mod tracing;
 mod variables;

@@ -86,6 +86,7 @@ async fn an_unsettled_debt_gets_its_stored_tasks_published() {
             source: TaskSource::Http,
             camunda: CamundaLink::not_applicable(),
             publish_after: None,
+            trace_id: None,
         };
         assert!(matches!(store.insert(task).await.expect("insert"), InsertOutcome::Created(_)));
     }

@@ -102,7 +102,14 @@ async fn a_replica_hands_back_only_the_pulled_tasks_it_locked() {
         let submission = Submission::parse(&body(id, "say_hello", json!({})), &Limits::default()).expect("valid");
         let mut camunda = CamundaLink::pending();
         camunda.pulled_by = Some(replica.into());
-        let new = NewTask { submission, max_attempts: 3, source: TaskSource::Camunda, camunda, publish_after: None };
+        let new = NewTask {
+            submission,
+            max_attempts: 3,
+            source: TaskSource::Camunda,
+            camunda,
+            publish_after: None,
+            trace_id: None,
+        };
         assert!(matches!(store.insert(new).await.expect("insert"), InsertOutcome::Created(_)));
     }
     let mine: Vec<String> =

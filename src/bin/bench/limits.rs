@@ -153,6 +153,7 @@ pub async fn store_lifecycle(
                 source: TaskSource::Http,
                 camunda: CamundaLink::not_applicable(),
                 publish_after: None,
+                trace_id: None,
             });
         }
         for outcome in store.insert_batch(tasks, chrono::Utc::now()).await {

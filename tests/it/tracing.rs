@@ -1,0 +1,204 @@
+//! One trace per task: a submit's `traceparent` reaches the stored task, the AMQP message's
+//! headers, the `http` handler's downstream request, every Camunda call about the task, and every
+//! log line of the real binary that names the task.
+
+use std::{
+    path::PathBuf,
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{Router, extract::State, http::HeaderMap, routing::post};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::helpers::{body, delete_topology, env, unique};
+
+const WAIT: Duration = Duration::from_secs(60);
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// Calls a stand-in saw: (path, traceparent header).
+type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+fn record(seen: &Seen, path: String, headers: &HeaderMap) {
+    let parent = headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    seen.lock().expect("no panics while held").push((path, parent));
+}
+
+/// One server standing in for the downstream (`POST /downstream`) and for Camunda (anything
+/// under `/engine-rest`, accepted), recording every call's `traceparent`.
+async fn stand_in() -> (String, Seen) {
+    let seen: Seen = Arc::default();
+    let app = Router::new()
+        .route(
+            "/downstream",
+            post(|State(seen): State<Seen>, headers: HeaderMap| async move {
+                record(&seen, "/downstream".into(), &headers);
+                axum::Json(json!({"handled": true}))
+            }),
+        )
+        .fallback(|State(seen): State<Seen>, uri: axum::http::Uri, headers: HeaderMap| async move {
+            record(&seen, uri.path().to_owned(), &headers);
+            (axum::http::StatusCode::NO_CONTENT, "")
+        })
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://127.0.0.1:{port}"), seen)
+}
+
+/// A queue of the test's own, bound to the topic's routing key: a copy of every message.
+async fn tap(exchange: &str, topic: &str) -> (lapin::Connection, lapin::Consumer) {
+    use lapin::{options::*, types::FieldTable};
+    let conn =
+        lapin::Connection::connect(&env("RABBITMQ_URL"), lapin::ConnectionProperties::default()).await.expect("amqp");
+    let channel = conn.create_channel().await.expect("channel");
+    let queue = channel
+        .queue_declare("".into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default())
+        .await
+        .expect("declare");
+    let key = format!("task.submit.{topic}");
+    channel
+        .queue_bind(
+            queue.name().as_str().into(),
+            exchange.into(),
+            key.as_str().into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind");
+    let consumer = channel
+        .basic_consume(
+            queue.name().as_str().into(),
+            "tap".into(),
+            BasicConsumeOptions { no_ack: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    (conn, consumer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submits_traceparent_follows_the_task_through_every_hop_and_log_line() {
+    let (base, seen) = stand_in().await;
+    let (database, exchange) = (unique("it"), unique("it"));
+    let topics = tempdir();
+    let topic = format!("handler = \"http\"\nurl = \"{base}/downstream\"\ntimeout_seconds = 10\n");
+    std::fs::write(topics.join("traced.toml"), topic).expect("topic file");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_worker-api-gateway"))
+        .env("PORT", "0")
+        .env("HOST", "127.0.0.1")
+        .env("MONGODB_URI", env("MONGODB_URI"))
+        .env("MONGODB_DATABASE", &database)
+        .env("RABBITMQ_URL", env("RABBITMQ_URL"))
+        .env("RABBITMQ_EXCHANGE", &exchange)
+        .env("TOPICS_DIR", &topics)
+        .env("CAMUNDA_URL", format!("{base}/engine-rest"))
+        .env("AUTH_MODE", "open")
+        .env("LOG_FORMAT", "json")
+        .env("LOG_LEVEL", "info,worker_api_gateway=debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the gateway binary starts");
+    let lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
+    let log: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let (port_tx, port_rx) = tokio::sync::oneshot::channel();
+    let collected = log.clone();
+    tokio::spawn(async move {
+        let mut lines = lines;
+        let mut port_tx = Some(port_tx);
+        while let Ok(Some(line)) = lines.next_line().await {
+            let event: Value = serde_json::from_str(&line).unwrap_or_else(|_| json!({"raw": line}));
+            if event["fields"]["message"] == "rabbitmq connected, topology declared"
+                && let Some(tx) = port_tx.take()
+            {
+                let _ = tx.send(());
+            }
+            if let Some(port) = event["fields"]["port"].as_u64() {
+                collected.lock().expect("no panics while held").push(json!({"port": port}));
+            }
+            collected.lock().expect("no panics while held").push(event);
+        }
+    });
+    tokio::time::timeout(WAIT, port_rx).await.expect("the gateway connects in time").expect("log reader");
+    let port = log.lock().expect("held").iter().find_map(|e| e["port"].as_u64()).expect("the port is logged");
+    let (_conn, mut consumer) = tap(&exchange, "traced").await;
+
+    // Act: one submit with the caller's trace and request id.
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let answer = client
+        .post(format!("{url}/tasks/submit"))
+        .header("traceparent", format!("00-{TRACE_ID}-00f067aa0ba902b7-01"))
+        .header("x-request-id", "req-trace-1")
+        .json(&body("trace-1", "traced", json!({"n": 1})))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(answer.status().as_u16(), 200);
+    assert_eq!(answer.headers()["x-request-id"], "req-trace-1");
+    let echoed = answer.headers()["traceparent"].to_str().expect("ascii");
+    assert!(echoed.contains(TRACE_ID), "{echoed}");
+
+    // The task, once reported to Camunda, names its trace.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let status = loop {
+        let status: Value = client
+            .get(format!("{url}/tasks/trace-1/status"))
+            .send()
+            .await
+            .expect("answers")
+            .json()
+            .await
+            .expect("json");
+        if status["camunda"]["report_state"] == "reported" {
+            break status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never reported: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status["trace_id"], TRACE_ID, "{status}");
+
+    // The message on the exchange carries it.
+    let delivery = tokio::time::timeout(WAIT, consumer.next()).await.expect("a message").expect("stream").expect("ok");
+    let headers = delivery.properties.headers().clone().expect("headers");
+    let parent = match headers.inner().get("traceparent") {
+        Some(lapin::types::AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        other => format!("{other:?}"),
+    };
+    assert!(parent.contains(TRACE_ID), "AMQP traceparent: {parent}");
+
+    // The downstream call and every Camunda call about the task carry it.
+    let calls = seen.lock().expect("held").clone();
+    let about_task: Vec<_> =
+        calls.iter().filter(|(path, _)| path.contains("trace-1") || path == "/downstream").collect();
+    assert!(about_task.iter().any(|(p, _)| p == "/downstream"), "{calls:?}");
+    assert!(about_task.iter().any(|(p, _)| p.ends_with("/complete")), "{calls:?}");
+    for (path, parent) in &about_task {
+        assert!(parent.as_deref().is_some_and(|p| p.contains(TRACE_ID)), "{path} without the trace: {parent:?}");
+    }
+
+    // Every log line that names the task names its trace too.
+    let _ = child.kill().await;
+    let log = log.lock().expect("held").clone();
+    let naming: Vec<&Value> = log.iter().filter(|e| e.to_string().contains("trace-1")).collect();
+    assert!(!naming.is_empty(), "no log line names the task");
+    for line in naming {
+        assert!(line.to_string().contains(TRACE_ID), "a log line about the task without its trace id: {line}");
+    }
+    delete_topology(&exchange, &["traced".to_owned()]).await;
+    let _ = std::fs::remove_dir_all(&topics);
+}
+
+fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(unique("topics"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
