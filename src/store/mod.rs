@@ -9,6 +9,7 @@ mod mongo_camunda;
 mod mongo_change;
 mod mongo_debts;
 mod mongo_docs;
+mod mongo_errors;
 mod mongo_indexes;
 mod mongo_queries;
 mod record;

@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::{
     Collection, Database,
-    error::{ErrorKind, WriteFailure},
-    options::{Acknowledgment, ClientOptions, ReturnDocument, WriteConcern},
+    error::ErrorKind,
+    options::{ClientOptions, ReturnDocument},
 };
 
 use super::{
@@ -39,29 +39,8 @@ pub struct MongoStore {
     clock: Arc<ServerClock>,
 }
 
-/// Maps a driver error: anything that says "the server is not reachable" becomes `Unavailable`.
-pub(crate) fn classify(e: mongodb::error::Error) -> StoreError {
-    match e.kind.as_ref() {
-        ErrorKind::ServerSelection { .. } | ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. } => {
-            StoreError::Unavailable(e.kind.to_string().chars().take(300).collect())
-        }
-        _ => StoreError::Other(e.to_string().chars().take(300).collect()),
-    }
-}
-
-fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
-    match e.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
-        ErrorKind::Command(c) => c.code == 11000,
-        _ => false,
-    }
-}
-
-/// Acknowledged by a majority and written to the journal: the gateway's writes are few and
-/// batched, so the journal flush is paid per batch, not per task.
-pub fn durable_write_concern() -> WriteConcern {
-    WriteConcern::builder().w(Acknowledgment::Majority).journal(true).build()
-}
+pub use super::mongo_errors::durable_write_concern;
+pub(crate) use super::mongo_errors::{classify, is_duplicate_key};
 
 impl MongoStore {
     /// Inserts one record; a duplicate id is an idempotent resubmit or a conflict.
