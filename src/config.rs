@@ -73,6 +73,9 @@ pub struct MongoSettings {
     pub timeout: Duration,
     /// `MONGODB_MAX_POOL_SIZE` (10): connections per process.
     pub max_pool_size: u32,
+    /// `MONGODB_WRITE_TIMEOUT_MS` (10000): how long a write waits for a majority (`wtimeout`);
+    /// past it the write is "unavailable" (503, retried inside) instead of hanging.
+    pub write_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -236,6 +239,7 @@ impl Settings {
                 })?,
                 timeout: Duration::from_millis(r.parse_or("MONGODB_TIMEOUT_MS", 5000, positive)?),
                 max_pool_size: r.parse_or("MONGODB_MAX_POOL_SIZE", 10, |s| s.parse().ok().filter(|n| *n > 0))?,
+                write_timeout: Duration::from_millis(r.parse_or("MONGODB_WRITE_TIMEOUT_MS", 10_000, positive)?),
             },
             rabbitmq: RabbitSettings {
                 url: Secret::new(r.get("RABBITMQ_URL").unwrap_or("amqp://guest:guest@localhost:5672/%2f")),

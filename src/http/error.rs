@@ -69,13 +69,18 @@ pub enum ApiError {
     /// 503 with `Retry-After`: the gateway is shedding load, or did not answer in time.
     #[error("{message}")]
     Overloaded { message: String, retry_after: std::time::Duration },
-    /// 503: a dependency is down; the cause is logged, not shown.
+    /// 503 with `Retry-After`: a dependency is down or failing over; the cause is logged, not
+    /// shown.
     #[error("service temporarily unavailable")]
     Unavailable(String),
     /// 500: the cause is logged, not shown.
     #[error("internal error")]
     Internal(String),
 }
+
+/// What a 503 for an unavailable dependency suggests: a replica set elects a new primary within
+/// seconds, and a client retrying sooner only adds load to the one that is catching up.
+const UNAVAILABLE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl ApiError {
     pub fn invalid(message: impl Into<String>, details: Vec<FieldError>) -> Self {
@@ -145,7 +150,12 @@ impl IntoResponse for ApiError {
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if let Self::TooManyRequests { retry_after, .. } | Self::Overloaded { retry_after, .. } = &self {
+        let retry_after = match &self {
+            Self::TooManyRequests { retry_after, .. } | Self::Overloaded { retry_after, .. } => Some(*retry_after),
+            Self::Unavailable(_) => Some(UNAVAILABLE_RETRY_AFTER),
+            _ => None,
+        };
+        if let Some(retry_after) = retry_after {
             // Whole seconds, rounded up: never "0", which would invite an immediate retry.
             let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));

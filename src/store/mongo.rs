@@ -65,8 +65,9 @@ impl MongoStore {
         // "200 means stored" must survive a crash of the server too: without a journaled write
         // concern an acknowledged write can sit in the server's log buffer and vanish with a
         // SIGKILL (seen with the test server: a claim acknowledged, then gone after the restart).
-        // An explicit `w`/`journal` in the URI is the operator's choice and is kept.
-        options.write_concern.get_or_insert_with(durable_write_concern);
+        // An explicit `w`/`journal` in the URI is the operator's choice and is kept. Every write
+        // gets a time limit (`MONGODB_WRITE_TIMEOUT_MS`) unless the URI set `wtimeoutMS`.
+        super::mongo_errors::bound_writes(&mut options, settings.write_timeout);
         // The driver's server-selection error only summarises why each server is unusable: keep
         // the failed TLS handshakes it sees, structured, to name the server and the reason.
         let tls_failure = Arc::new(std::sync::Mutex::new(None));
