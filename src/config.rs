@@ -170,6 +170,10 @@ pub struct Settings {
     pub guard: crate::guard::GuardSettings,
     /// CA bundle, client certificates, the API's certificate (`crate::tls`).
     pub tls: crate::tls::TlsSettings,
+    /// `TASK_RETENTION_DAYS`, `RETENTION_SWEEP_SECONDS`: how long finished tasks are kept (`crate::retention`).
+    pub retention: crate::retention::RetentionSettings,
+    /// `STATISTICS_MAX_AGE_SECONDS`: how old the cached statistics may get (`crate::statistics`).
+    pub statistics: crate::statistics::StatisticsSettings,
 }
 
 /// A variable that could not be used; the message names it.
@@ -278,6 +282,8 @@ impl Settings {
             auth: crate::auth::AuthSettings::from_vars(vars)?,
             guard: crate::guard::GuardSettings::from_vars(vars)?,
             tls: crate::tls::TlsSettings::from_vars(vars)?,
+            retention: crate::retention::RetentionSettings::from_vars(vars)?,
+            statistics: crate::statistics::StatisticsSettings::from_vars(vars)?,
         };
         Ok(settings)
     }

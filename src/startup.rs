@@ -97,6 +97,7 @@ impl Application {
         if auth.mode() == crate::auth::AuthMode::Open {
             tracing::warn!("AUTH_MODE=open: every route answers anyone who can reach this port, with no API key");
         }
+        let (store_for_statistics, settings_statistics) = (store.clone(), settings.statistics);
         let state = AppState {
             store,
             broker: broker_handle,
@@ -107,6 +108,7 @@ impl Application {
             camunda,
             intake,
             auth,
+            statistics: crate::statistics::StatisticsCache::new(store_for_statistics, settings_statistics),
         };
         Ok(Self { listener, tls, state, broker, dispatcher, reporter, stop })
     }
@@ -138,6 +140,15 @@ impl Application {
             reporter,
         };
         let relay_task = tokio::spawn(relay.run(stop.clone()));
+        // Finished tasks past their retention are marked for the store's TTL index to delete.
+        tokio::spawn(
+            crate::retention::RetentionSweep {
+                store: state.store.clone(),
+                registry: state.registry.clone(),
+                settings: settings.retention,
+            }
+            .run(stop.clone()),
+        );
         let poller_task = match (&state.camunda, &settings.camunda, settings.mode.consumes()) {
             (Some(client), Some(c), true) => Some(tokio::spawn(
                 Poller {

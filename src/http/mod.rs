@@ -37,6 +37,8 @@ pub struct AppState {
     pub intake: crate::intake::Intake,
     /// API keys and the rules of `AUTH_MODE`.
     pub auth: crate::auth::Auth,
+    /// The cached aggregate `GET /tasks/statistics` answers from.
+    pub statistics: crate::statistics::StatisticsCache,
 }
 
 #[derive(OpenApi)]

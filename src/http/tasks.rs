@@ -274,12 +274,19 @@ pub struct StatisticsView {
     pub average_processing_time_ms: Option<f64>,
     /// succeeded / (succeeded + failed); null before any task finished.
     pub success_rate: Option<f64>,
+    /// When these figures were counted (the store's clock): they are cached, and counted again
+    /// in the background once older than `STATISTICS_MAX_AGE_SECONDS`.
+    pub computed_at: chrono::DateTime<chrono::Utc>,
+    /// Seconds between `computed_at` and this answer.
+    pub age_seconds: f64,
 }
 
-/// Counts by status, topic and worker; mean processing time; success rate.
+/// Counts by status, topic and worker; mean processing time; success rate. Served from a cache
+/// (`computed_at`, `age_seconds`): the cost of an answer does not grow with the store.
 #[utoipa::path(get, path = "/tasks/statistics", tag = "tasks", responses((status = 200, body = StatisticsView)))]
 pub async fn statistics(State(state): State<AppState>) -> Result<Json<StatisticsView>, ApiError> {
-    let s = state.store.statistics().await?;
+    let snapshot = state.statistics.get().await?;
+    let s = &snapshot.stats;
     let labels = state.settings.status_labels;
     let mut by_status = BTreeMap::new();
     for (status, n) in &s.by_status {
@@ -290,9 +297,11 @@ pub async fn statistics(State(state): State<AppState>) -> Result<Json<Statistics
     Ok(Json(StatisticsView {
         total_tasks: s.total,
         by_status,
-        by_topic: s.by_topic.into_iter().collect(),
-        by_worker: s.by_worker.into_iter().collect(),
+        by_topic: s.by_topic.iter().cloned().collect(),
+        by_worker: s.by_worker.iter().cloned().collect(),
         average_processing_time_ms: s.average_processing_time_ms,
         success_rate: (ok + failed > 0).then(|| ok as f64 / (ok + failed) as f64),
+        computed_at: snapshot.computed_at,
+        age_seconds: snapshot.age_seconds(state.store.now()),
     }))
 }

@@ -12,6 +12,7 @@ mod mongo_docs;
 mod mongo_errors;
 mod mongo_indexes;
 mod mongo_queries;
+mod mongo_retention;
 mod record;
 
 use async_trait::async_trait;
@@ -20,6 +21,7 @@ use serde_json::{Map, Value};
 
 pub use mongo::{MongoStore, durable_write_concern};
 pub use mongo_docs::lease_for;
+pub use mongo_retention::TopicScope;
 pub use record::{AuditEntry, CamundaLink, ReportState, TaskRecord, TaskSource};
 
 /// The error message of a cancelled task, and what Camunda's incident for it says.
@@ -306,4 +308,15 @@ pub trait TaskStore: Send + Sync {
     async fn list(&self, query: &ListQuery) -> Result<Vec<TaskRecord>, StoreError>;
 
     async fn statistics(&self) -> Result<Statistics, StoreError>;
+
+    /// Retention: final tasks of `scope` whose Camunda report is settled (never one still owed,
+    /// nor one given up) and that completed at least `retention` ago get `expire_at` =
+    /// `completed_at` + `retention`, which the store's TTL index deletes them by. Up to `limit`
+    /// tasks; how many were marked.
+    async fn mark_expired(
+        &self,
+        scope: &TopicScope,
+        retention: std::time::Duration,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
 }

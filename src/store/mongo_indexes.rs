@@ -1,29 +1,82 @@
 //! The indexes of [`MongoStore`]'s collections, created at start-up. Each one serves a query of
-//! the store; an index no query uses only makes every insert dearer.
+//! the store; an index no query uses only makes every insert dearer (the per-index cost is
+//! measured in `docs/performance.md`, "Indexes and growth"). Indexes on fields few tasks carry are
+//! partial, so a new task writes no entry to them. Indexes of earlier versions that no query
+//! needs any more are dropped here, so an existing deployment converges on the same set.
+//!
+//! A partial index serves a query only where the query's own conditions imply its filter, on
+//! MongoDB and on the test server alike (SecantusDB proves it for equalities and `$gt`/`$gte`/
+//! `$lt`/`$lte` bounds, never for `$exists`), so each filter below is one the queries imply.
 
-use bson::{Document, doc};
+use std::time::Duration;
+
+use bson::{DateTime as BsonDate, Document, doc};
 use mongodb::{IndexModel, options::IndexOptions};
 
 use super::{StoreError, mongo::classify};
 use crate::store::MongoStore;
 
+/// Indexes of `tasks` created by earlier versions and since replaced (by a partial index under a
+/// new name: an index's options cannot be changed in place).
+const OBSOLETE: [&str; 3] = ["publish_due", "lease", "source_status"];
+
 fn index(keys: Document, name: &str) -> IndexModel {
     IndexModel::builder().keys(keys).options(IndexOptions::builder().name(name.to_owned()).build()).build()
 }
 
+fn partial(keys: Document, name: &str, filter: Document) -> IndexModel {
+    let options = IndexOptions::builder().name(name.to_owned()).partial_filter_expression(filter).build();
+    IndexModel::builder().keys(keys).options(options).build()
+}
+
+/// The secondary indexes of `tasks`, each with the queries it serves.
+pub fn task_indexes() -> Vec<IndexModel> {
+    vec![
+        // GET /tasks, newest first with keyset pagination; the retention sweep of topics without
+        // their own retention (a creation-time range).
+        index(doc! {"created_at": -1, "_id": -1}, "created_desc"),
+        // GET /tasks?status=; a publish debt passed on (queued, creation range); stale tasks
+        // (queued by creation time, retrying by due time).
+        index(doc! {"status": 1, "created_at": -1, "_id": -1}, "status_created"),
+        // GET /tasks?topic=; the retention sweep of a topic (its creation-time range).
+        index(doc! {"topic": 1, "created_at": -1, "_id": -1}, "topic_created"),
+        // GET /tasks?worker_id=.
+        index(doc! {"worker_id": 1, "created_at": -1, "_id": -1}, "worker_created"),
+        // The relay's take of owed publishes. Only tasks owing one carry the field (those a
+        // publish debt stands for never do), and the take's range starts at the epoch, which
+        // implies the filter.
+        partial(doc! {"publish_due_at": 1}, "publish_owed", doc! {"publish_due_at": {"$gte": BsonDate::from_millis(0)}}),
+        // Expired leases: only running tasks hold one.
+        partial(doc! {"status": 1, "lease_until": 1}, "lease_processing", doc! {"status": "processing"}),
+        // Owed reports (due, counted), given-up reports (counted): every query names the state.
+        index(doc! {"camunda.report_state": 1, "camunda.report_due_at": 1}, "report_due"),
+        // Pull mode: unfinished pulled tasks (capacity), the unstarted ones of a replica, their
+        // Camunda locks. Push topics never carry `source: camunda`.
+        partial(doc! {"source": 1, "status": 1}, "pulled", doc! {"source": "camunda"}),
+    ]
+}
+
+/// The TTL index retention works through: the server deletes a task once its `expire_at` has
+/// passed (see `mongo_retention`). Only tasks marked to expire are in it.
+fn expiry_index() -> IndexModel {
+    let options = IndexOptions::builder()
+        .name("task_expiry".to_owned())
+        .expire_after(Duration::ZERO)
+        .partial_filter_expression(doc! {"expire_at": {"$exists": true}})
+        .build();
+    IndexModel::builder().keys(doc! {"expire_at": 1}).options(options).build()
+}
+
 impl MongoStore {
-    /// Indexes serving the list filters (newest first), the statistics, and the relay's sweeps.
+    /// Creates the indexes (idempotent) and drops those of earlier versions.
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
-        let models = vec![
-            index(doc! {"created_at": -1, "_id": -1}, "created_desc"),
-            index(doc! {"status": 1, "created_at": -1, "_id": -1}, "status_created"),
-            index(doc! {"topic": 1, "created_at": -1, "_id": -1}, "topic_created"),
-            index(doc! {"worker_id": 1, "created_at": -1, "_id": -1}, "worker_created"),
-            index(doc! {"publish_due_at": 1}, "publish_due"),
-            index(doc! {"status": 1, "lease_until": 1}, "lease"),
-            index(doc! {"camunda.report_state": 1, "camunda.report_due_at": 1}, "report_due"),
-            index(doc! {"source": 1, "status": 1}, "source_status"),
-        ];
+        let existing: Vec<String> = self.tasks().list_index_names().await.unwrap_or_default();
+        for name in OBSOLETE.iter().filter(|name| existing.iter().any(|e| e == *name)) {
+            self.tasks().drop_index(*name).await.map_err(classify)?;
+            tracing::info!(index = name, "dropped an index no query uses any more");
+        }
+        let mut models = task_indexes();
+        models.push(expiry_index());
         self.tasks().create_indexes(models).await.map_err(classify)?;
         self.database()
             .collection::<Document>(super::mongo_debts::DEBTS)
@@ -31,5 +84,12 @@ impl MongoStore {
             .await
             .map_err(classify)?;
         Ok(())
+    }
+
+    /// The names of the secondary indexes on `tasks` as the server lists them.
+    pub async fn task_index_names(&self) -> Result<Vec<String>, StoreError> {
+        let mut names: Vec<String> = self.tasks().list_index_names().await.map_err(classify)?;
+        names.retain(|n| n != "_id_");
+        Ok(names)
     }
 }

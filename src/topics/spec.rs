@@ -150,6 +150,10 @@ pub struct TopicSpec {
     /// The private key, PEM, of `client_cert_file`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_key_file: Option<String>,
+    /// Days a finished task of this topic is kept (fractions allowed; 0 keeps it for ever);
+    /// absent: `TASK_RETENTION_DAYS`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<f64>,
 }
 
 /// A handler URL may carry credentials (`https://user:key@host/`): never show them.
@@ -167,6 +171,15 @@ impl TopicSpec {
 
     pub fn lock_duration(&self) -> Duration {
         Duration::from_secs(self.lock_duration_seconds)
+    }
+
+    /// How long a finished task of this topic is kept: its own `retention_days`, else `default`
+    /// (`TASK_RETENTION_DAYS`); `None` keeps it for ever.
+    pub fn retention(&self, default: Option<Duration>) -> Option<Duration> {
+        match self.retention_days {
+            Some(days) => crate::retention::retention_from_days(days).flatten(),
+            None => default,
+        }
     }
 }
 
@@ -197,6 +210,7 @@ struct TopicFile {
     lock_duration_seconds: Option<u64>,
     client_cert_file: Option<String>,
     client_key_file: Option<String>,
+    retention_days: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -277,6 +291,10 @@ impl TopicSpec {
         if let Some(kind) = blank_kind {
             return Err(err(format!("field `errors.{kind}` must be a non-empty BPMN error code")));
         }
+        if let Some(days) = file.retention_days {
+            crate::retention::retention_from_days(days)
+                .ok_or_else(|| err("field `retention_days` must be a number of days >= 0 (0 keeps for ever)".into()))?;
+        }
         let concurrency = file.concurrency.unwrap_or(8);
         if concurrency == 0 {
             return Err(err("field `concurrency` must be at least 1".into()));
@@ -299,6 +317,7 @@ impl TopicSpec {
             lock_duration_seconds: file.lock_duration_seconds.unwrap_or(60).max(1),
             client_cert_file: file.client_cert_file,
             client_key_file: file.client_key_file,
+            retention_days: file.retention_days,
         })
     }
 }
@@ -384,6 +403,19 @@ mod tests {
         assert!(message(h2c).contains("needs an https://"), "{}", message(h2c));
         let native = "handler = \"native\"\nclient_cert_file = \"c\"\nclient_key_file = \"k\"";
         assert!(message(native).contains("only for handler"), "{}", message(native));
+    }
+
+    #[test]
+    fn retention_days_allow_fractions_and_zero_keeps() {
+        let spec = |text: &str| TopicSpec::parse(Path::new("t/x.toml"), &format!("handler = \"native\"\n{text}"), D);
+        let default = Some(Duration::from_secs(86_400));
+        let tiny = spec("retention_days = 0.00002").expect("valid");
+        assert_eq!(tiny.retention(default), Some(Duration::from_micros(1_728_000)));
+        assert_eq!(spec("retention_days = 0").expect("valid").retention(default), None);
+        assert_eq!(spec("").expect("valid").retention(default), default);
+        let e = spec("retention_days = -1").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("`retention_days`"), "{e}");
+        assert!(spec("retention_days = \"30d\"").is_err());
     }
 
     #[test]

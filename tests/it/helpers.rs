@@ -91,6 +91,8 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         ("RELAY_INTERVAL_MS".into(), "200".into()),
         ("SHUTDOWN_GRACE_SECONDS".into(), "5".into()),
         ("API_KEYS_FILE".into(), key_file("").display().to_string()),
+        // Statistics counted for every request, so a test reads what it just did (see retention.rs).
+        ("STATISTICS_MAX_AGE_SECONDS".into(), "0".into()),
     ]);
     if options.no_broker {
         vars.insert("RABBITMQ_URL".into(), "amqp://guest:guest@127.0.0.1:1/%2f".into());

@@ -15,6 +15,7 @@ mod http2;
 mod leaks;
 mod lifecycle;
 mod publishing;
+mod retention;
 mod seed_workers;
 mod shutdown;
 mod store_clock;
