@@ -15,6 +15,7 @@
 #   Seed workers the seed gateway's Python workers, run unmodified by the tests
 #               from $SEED_REFERENCE_DIR (default ../shared/seed-reference), in
 #               their own venv .services/seed-venv
+#   faketime    Debian's faketime, for the fault suite's skewed-clock replicas
 #
 # Everything this script creates lives under $REPO/.services/ (git-ignored),
 # except RabbitMQ's own state, which the Debian package keeps in
@@ -551,6 +552,16 @@ seed_workers_venv() {
 }
 
 # ============================================================================
+# faketime
+# ============================================================================
+
+# The fault suite runs gateway replicas with skewed clocks under Debian's
+# faketime: its libfaketime, preloaded with FAKETIME=-5m (tests/faults/gateway.rs).
+faketime_install() {
+    command -v faketime >/dev/null 2>&1 || apt_install faketime
+}
+
+# ============================================================================
 # Env file and commands
 # ============================================================================
 
@@ -587,6 +598,7 @@ cmd_up() {
     secantus_up
     camunda_up
     seed_workers_venv
+    faketime_install
     write_env
     echo "services up in $((SECONDS - start))s: RabbitMQ $RABBIT_HOST:$RABBIT_PORT (amqps $RABBIT_TLS_PORT), SecantusDB $MONGO_HOST:$MONGO_PORT; env in $ENV_FILE"
 }

@@ -1,7 +1,9 @@
 //! The gateway under test: the real binary as a child process, configured only through its
 //! environment (cleared first; the working directory holds no `.env`), with its own database,
 //! exchange and topics folder, its output appended to one log file that the secret check reads.
-//! It can be killed, stopped and started again on the same database and exchange.
+//! It can be killed, stopped and started again on the same database and exchange, and more
+//! processes (replicas, each with its own port, log file, `GATEWAY_MODE` and optionally a clock
+//! skewed by libfaketime) can join the same database, exchange and topics.
 
 use std::{
     path::PathBuf,
@@ -69,6 +71,34 @@ pub struct Gateway {
     /// The test's own view of the gateway's database (no credentials needed).
     pub mongo: mongodb::Database,
     secrets: Vec<String>,
+    /// False for a replica: the database and exchange belong to the first gateway, whose
+    /// [`Gateway::cleanup`] drops them.
+    owns_store: bool,
+}
+
+/// The binary under test: `FAULTS_GATEWAY_BIN` (another build, e.g. an older commit's, to see a
+/// scenario fail without a fix) or this crate's.
+fn binary() -> String {
+    std::env::var("FAULTS_GATEWAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_worker-api-gateway").to_owned())
+}
+
+/// libfaketime, preloaded straight into the gateway (Debian's `faketime` wrapper forks and waits,
+/// so its pid would not be the gateway's: signals would miss it).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// Variables that run a process with its wall clock moved by `offset` (libfaketime's relative
+/// form, e.g. `-5m`, `+300s`). `FAKETIME_DONT_FAKE_MONOTONIC` keeps the monotonic clock real, so
+/// tokio's timers and `Instant`s are untouched while `SystemTime`/chrono see the skew.
+pub fn skewed_clock(offset: &str) -> Vec<(String, String)> {
+    assert!(
+        std::path::Path::new(LIBFAKETIME).exists(),
+        "{LIBFAKETIME} is missing: scripts/services.sh up installs Debian's faketime"
+    );
+    vec![
+        ("LD_PRELOAD".into(), LIBFAKETIME.into()),
+        ("FAKETIME".into(), offset.into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ]
 }
 
 /// A port that was free a moment ago; the gateway binds it right after.
@@ -121,10 +151,42 @@ impl Gateway {
             vars,
             mongo,
             secrets: lab.creds.secrets.clone(),
+            owns_store: true,
         };
         gateway.spawn().await;
         gateway.wait_ready(Duration::from_secs(60)).await;
         gateway
+    }
+
+    /// Starts one more process on this gateway's database, exchange and topics, with its own
+    /// port and log file (`gateway-<name>.log`), `GATEWAY_MODE=mode` (`api`, `worker`, `all`)
+    /// and `extra` variables on top (e.g. [`skewed_clock`]); returns once it is ready.
+    pub async fn start_replica(&self, name: &str, mode: &str, extra: Vec<(String, String)>) -> Self {
+        let mut vars: Vec<(String, String)> = self.vars.clone();
+        let mut set = |key: &str, value: String| {
+            vars.retain(|(k, _)| k != key);
+            vars.push((key.to_owned(), value));
+        };
+        set("GATEWAY_MODE", mode.to_owned());
+        for (key, value) in extra {
+            set(&key, value);
+        }
+        let mut replica = Self {
+            child: None,
+            pid: 0,
+            api: Api { base: String::new(), http: reqwest::Client::new() },
+            exchange: self.exchange.clone(),
+            topics: self.topics.clone(),
+            log: self.dir.join(format!("gateway-{name}.log")),
+            dir: self.dir.clone(),
+            vars,
+            mongo: self.mongo.clone(),
+            secrets: self.secrets.clone(),
+            owns_store: false,
+        };
+        replica.spawn().await;
+        replica.wait_ready(Duration::from_secs(60)).await;
+        replica
     }
 
     /// Starts the process (again) on a fresh port, without waiting for it.
@@ -132,7 +194,7 @@ impl Gateway {
         assert!(self.child.is_none(), "the gateway is already running");
         let port = free_port();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open the gateway log");
-        let child = Command::new(env!("CARGO_BIN_EXE_worker-api-gateway"))
+        let child = Command::new(binary())
             .env_clear()
             .envs(self.vars.iter().cloned())
             .env("PORT", port.to_string())
@@ -238,9 +300,13 @@ impl Gateway {
             .map_or(0.0, |kib| kib / 1024.0)
     }
 
-    /// Stops the gateway and drops what it created: database, queues, exchanges.
+    /// Stops the gateway and drops what it created: database, queues, exchanges (a replica
+    /// only stops).
     pub async fn cleanup(mut self) {
         self.kill().await;
+        if !self.owns_store {
+            return;
+        }
         let _ = self.mongo.drop().await;
         delete_topology(&self.exchange, &self.topics).await;
     }

@@ -23,6 +23,7 @@ mod broker_faults;
 mod camunda_faults;
 mod crash_faults;
 mod handler_faults;
+mod replica_faults;
 mod schema_fuzz;
 mod store_faults;
 mod submit_races;

@@ -40,6 +40,8 @@ impl Behavior {
 #[derive(Default)]
 struct Shared {
     behaviors: Mutex<HashMap<String, Behavior>>,
+    /// topic → the status every first attempt gets instead of the behaviour's.
+    first_attempt_status: Mutex<HashMap<String, u16>>,
     /// task id → attempts executed, in arrival order.
     runs: Mutex<HashMap<String, Vec<u32>>>,
     /// task id → variables of its first execution.
@@ -125,13 +127,15 @@ async fn run(
         .ok()
         .and_then(|b| b.get(&topic).cloned())
         .unwrap_or_else(|| Behavior::ok(Duration::ZERO));
+    let first_status =
+        if attempt == 1 { shared.first_attempt_status.lock().ok().and_then(|f| f.get(&topic).copied()) } else { None };
     let _running = Running::enter(shared.clone(), topic);
     let delay = match (attempt, behavior.first_attempt_delay) {
         (1, Some(d)) => d,
         _ => behavior.delay,
     };
     tokio::time::sleep(delay).await;
-    let status = StatusCode::from_u16(behavior.status).unwrap_or(StatusCode::OK);
+    let status = StatusCode::from_u16(first_status.unwrap_or(behavior.status)).unwrap_or(StatusCode::OK);
     let reply =
         if status.is_success() { json!({"done": true, "attempt": attempt}) } else { json!({"message": "scripted"}) };
     (status, Json(reply))
@@ -151,6 +155,14 @@ impl Recorder {
     pub fn behave(&self, topic: &str, behavior: Behavior) {
         if let Ok(mut b) = self.shared.behaviors.lock() {
             b.insert(topic.to_owned(), behavior);
+        }
+    }
+
+    /// Answers every first attempt on `topic` with `status` (e.g. 503: each task goes through
+    /// `retrying` once), later attempts as the behaviour says.
+    pub fn fail_first_attempt(&self, topic: &str, status: u16) {
+        if let Ok(mut f) = self.shared.first_attempt_status.lock() {
+            f.insert(topic.to_owned(), status);
         }
     }
 
