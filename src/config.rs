@@ -62,6 +62,18 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// Span export over OTLP/HTTP (`telemetry`), on when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+#[derive(Debug, Clone)]
+pub struct OtlpSettings {
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: the collector's base URL (`http://host:4318`); spans go to
+    /// its `/v1/traces`. Plain HTTP: a collector next to the gateway (a sidecar, the node's agent).
+    pub endpoint: String,
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL` (http/protobuf): http/protobuf | http/json.
+    pub json: bool,
+    /// `OTEL_SERVICE_NAME` (worker-api-gateway): the service the spans belong to.
+    pub service_name: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct MongoSettings {
     /// `MONGODB_URI` (mongodb://localhost:27017); may hold credentials.
@@ -137,6 +149,8 @@ pub struct Settings {
     pub log_level: String,
     /// `LOG_FORMAT` (json): json | pretty.
     pub log_format: LogFormat,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` (unset: no export): where spans are sent over OTLP/HTTP.
+    pub otlp: Option<OtlpSettings>,
     pub mongodb: MongoSettings,
     pub rabbitmq: RabbitSettings,
     /// `TASK_TIMEOUT` (300 s): default handler timeout; topic files override.
@@ -235,6 +249,21 @@ impl Settings {
                 "pretty" => Some(LogFormat::Pretty),
                 _ => None,
             })?,
+            otlp: match r.get("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|s| !s.is_empty()) {
+                None => None,
+                Some(_) => Some(OtlpSettings {
+                    endpoint: r.parse_or("OTEL_EXPORTER_OTLP_ENDPOINT", String::new(), |s| {
+                        let url = url::Url::parse(s).ok()?;
+                        (url.scheme() == "http").then(|| s.trim_end_matches('/').to_owned())
+                    })?,
+                    json: r.parse_or("OTEL_EXPORTER_OTLP_PROTOCOL", false, |s| match s {
+                        "http/protobuf" => Some(false),
+                        "http/json" => Some(true),
+                        _ => None,
+                    })?,
+                    service_name: r.get("OTEL_SERVICE_NAME").unwrap_or("worker-api-gateway").to_owned(),
+                }),
+            },
             mongodb: MongoSettings {
                 uri: Secret::new(r.get("MONGODB_URI").unwrap_or("mongodb://localhost:27017")),
                 database: r.parse_or("MONGODB_DATABASE", "worker_gateway".to_owned(), |s| {

@@ -9,11 +9,12 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    telemetry::init(&settings);
+    let telemetry = telemetry::init(&settings);
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(e) => {
             tracing::error!(error = %e, "start-up failed");
+            telemetry.shutdown();
             return std::process::ExitCode::FAILURE;
         }
     };
@@ -23,11 +24,13 @@ async fn main() -> std::process::ExitCode {
         tracing::info!("shutdown requested");
         stop.cancel();
     });
-    match app.run_until_stopped().await {
+    let code = match app.run_until_stopped().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "gateway stopped with an error");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown();
+    code
 }

@@ -100,12 +100,31 @@ pub async fn scope<F: Future>(trace: TraceContext, work: F) -> F::Output {
     CURRENT.scope(trace, work).await
 }
 
-/// Runs `work` in the trace of a stored task (see [`TraceContext::of_task`]), if it has one.
-pub async fn within_task<F: Future>(trace_id: Option<&str>, work: F) -> F::Output {
+/// Runs `work` in the trace of a stored task (see [`TraceContext::of_task`]), if it has one,
+/// inside a span `name` that belongs to that trace.
+pub async fn within_task<F: Future>(name: &'static str, trace_id: Option<&str>, work: F) -> F::Output {
     match TraceContext::of_task(trace_id) {
-        Some(trace) => scope(trace, work).await,
+        Some(trace) => {
+            let span = tracing::info_span!("task", step = name, trace_id = %trace.trace_id);
+            join(&span, &trace);
+            scope(trace, work).instrument(span).await
+        }
         None => work.await,
     }
+}
+
+/// Makes a new `span` part of `trace` for the span exporter: its parent is `trace`'s span (a
+/// no-op when spans are not exported).
+pub fn join(span: &tracing::Span, trace: &TraceContext) {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let (Ok(trace_id), Ok(span_id)) = (TraceId::from_hex(&trace.trace_id), SpanId::from_hex(&trace.span_id)) else {
+        return;
+    };
+    let flags = if trace.sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
+    let parent = SpanContext::new(trace_id, span_id, flags, true, TraceState::default());
+    // Refused only when the span was started already, or when nothing exports spans.
+    let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
 }
 
 /// The trace in scope, if any.
@@ -138,7 +157,7 @@ pub async fn edge(mut request: Request, next: Next) -> Response {
     let headers = request.headers();
     let id = request_id(headers);
     let caller = headers.get(&TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(TraceContext::parse);
-    let trace = caller.map_or_else(TraceContext::root, |parent| parent.child());
+    let trace = caller.as_ref().map_or_else(TraceContext::root, TraceContext::child);
     let span = tracing::info_span!(
         "request",
         method = %request.method(),
@@ -146,6 +165,9 @@ pub async fn edge(mut request: Request, next: Next) -> Response {
         request_id = %id,
         trace_id = %trace.trace_id,
     );
+    if let Some(caller) = &caller {
+        join(&span, caller);
+    }
     request.extensions_mut().insert(trace.clone());
     let mut response = scope(trace.clone(), next.run(request)).instrument(span).await;
     let headers = response.headers_mut();

@@ -135,7 +135,11 @@ impl Dispatcher {
         drop(body);
         match taken {
             // The handler's calls and the Camunda report join the task's trace.
-            Ok((attempt, topic, Some(trace))) => crate::trace::scope(trace, self.run(attempt, topic)).await,
+            Ok((attempt, topic, Some(trace))) => {
+                let span = tracing::info_span!("attempt", trace_id = %trace.trace_id);
+                crate::trace::join(&span, &trace);
+                tracing::Instrument::instrument(crate::trace::scope(trace, self.run(attempt, topic)), span).await
+            }
             Ok((attempt, topic, None)) => self.run(attempt, topic).await,
             Err(processed) => processed,
         }

@@ -39,6 +39,15 @@ async fn stand_in() -> (String, Seen) {
                 axum::Json(json!({"handled": true}))
             }),
         )
+        .route(
+            "/v1/traces",
+            post(|body: axum::body::Bytes| async move {
+                if let Ok(value) = serde_json::from_slice::<Value>(&body) {
+                    EXPORTS.lock().expect("no panics while held").push(value);
+                }
+                axum::Json(json!({}))
+            }),
+        )
         .fallback(|State(seen): State<Seen>, uri: axum::http::Uri, headers: HeaderMap| async move {
             record(&seen, uri.path().to_owned(), &headers);
             (axum::http::StatusCode::NO_CONTENT, "")
@@ -83,56 +92,100 @@ async fn tap(exchange: &str, topic: &str) -> (lapin::Connection, lapin::Consumer
     (conn, consumer)
 }
 
+/// The real binary with a `traced` http topic calling the stand-in, its JSON log collected.
+struct Gateway {
+    child: tokio::process::Child,
+    url: String,
+    exchange: String,
+    topics: PathBuf,
+    log: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Gateway {
+    async fn start(base: &str, vars: &[(&str, String)]) -> Self {
+        let (database, exchange) = (unique("it"), unique("it"));
+        let topics = tempdir();
+        let topic = format!("handler = \"http\"\nurl = \"{base}/downstream\"\ntimeout_seconds = 10\n");
+        std::fs::write(topics.join("traced.toml"), topic).expect("topic file");
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_worker-api-gateway"));
+        command
+            .env("PORT", "0")
+            .env("HOST", "127.0.0.1")
+            .env("MONGODB_URI", env("MONGODB_URI"))
+            .env("MONGODB_DATABASE", &database)
+            .env("RABBITMQ_URL", env("RABBITMQ_URL"))
+            .env("RABBITMQ_EXCHANGE", &exchange)
+            .env("TOPICS_DIR", &topics)
+            .env("AUTH_MODE", "open")
+            .env("LOG_FORMAT", "json")
+            .env("LOG_LEVEL", "info,worker_api_gateway=debug")
+            .env_remove("CAMUNDA_URL")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+        for (name, value) in vars {
+            command.env(name, value);
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the gateway binary starts");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
+        let log: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let collected = log.clone();
+        tokio::spawn(async move {
+            let (mut ready_tx, mut port, mut connected) = (Some(ready_tx), None, false);
+            while let Ok(Some(line)) = lines.next_line().await {
+                let event: Value = serde_json::from_str(&line).unwrap_or_else(|_| json!({"raw": line}));
+                port = port.or_else(|| event["fields"]["port"].as_u64());
+                connected |= event["fields"]["message"].as_str().is_some_and(|m| m.contains("topology declared"));
+                if connected
+                    && let Some(port) = port
+                    && let Some(tx) = ready_tx.take()
+                {
+                    let _ = tx.send(port);
+                }
+                collected.lock().expect("no panics while held").push(event);
+            }
+        });
+        let port = tokio::time::timeout(WAIT, ready_rx).await.expect("the gateway starts in time").expect("log reader");
+        Self { child, url: format!("http://127.0.0.1:{port}"), exchange, topics, log }
+    }
+
+    /// SIGTERM, and waits for a clean exit (spans still queued are exported by then).
+    async fn stop(mut self) -> Vec<Value> {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
+        let exited = tokio::time::timeout(WAIT, self.child.wait()).await.expect("exits in time").expect("status");
+        assert!(exited.success(), "{exited:?}");
+        delete_topology(&self.exchange, &["traced".to_owned()]).await;
+        let _ = std::fs::remove_dir_all(&self.topics);
+        self.log.lock().expect("held").clone()
+    }
+}
+
+async fn wait_until(client: &reqwest::Client, url: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let status: Value = client.get(url).send().await.expect("answers").json().await.expect("json");
+        if done(&status) {
+            return status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never got there: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_submits_traceparent_follows_the_task_through_every_hop_and_log_line() {
     let (base, seen) = stand_in().await;
-    let (database, exchange) = (unique("it"), unique("it"));
-    let topics = tempdir();
-    let topic = format!("handler = \"http\"\nurl = \"{base}/downstream\"\ntimeout_seconds = 10\n");
-    std::fs::write(topics.join("traced.toml"), topic).expect("topic file");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_worker-api-gateway"))
-        .env("PORT", "0")
-        .env("HOST", "127.0.0.1")
-        .env("MONGODB_URI", env("MONGODB_URI"))
-        .env("MONGODB_DATABASE", &database)
-        .env("RABBITMQ_URL", env("RABBITMQ_URL"))
-        .env("RABBITMQ_EXCHANGE", &exchange)
-        .env("TOPICS_DIR", &topics)
-        .env("CAMUNDA_URL", format!("{base}/engine-rest"))
-        .env("AUTH_MODE", "open")
-        .env("LOG_FORMAT", "json")
-        .env("LOG_LEVEL", "info,worker_api_gateway=debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the gateway binary starts");
-    let lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
-    let log: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let (port_tx, port_rx) = tokio::sync::oneshot::channel();
-    let collected = log.clone();
-    tokio::spawn(async move {
-        let mut lines = lines;
-        let mut port_tx = Some(port_tx);
-        while let Ok(Some(line)) = lines.next_line().await {
-            let event: Value = serde_json::from_str(&line).unwrap_or_else(|_| json!({"raw": line}));
-            if event["fields"]["message"] == "rabbitmq connected, topology declared"
-                && let Some(tx) = port_tx.take()
-            {
-                let _ = tx.send(());
-            }
-            if let Some(port) = event["fields"]["port"].as_u64() {
-                collected.lock().expect("no panics while held").push(json!({"port": port}));
-            }
-            collected.lock().expect("no panics while held").push(event);
-        }
-    });
-    tokio::time::timeout(WAIT, port_rx).await.expect("the gateway connects in time").expect("log reader");
-    let port = log.lock().expect("held").iter().find_map(|e| e["port"].as_u64()).expect("the port is logged");
+    let gateway = Gateway::start(&base, &[("CAMUNDA_URL", format!("{base}/engine-rest"))]).await;
+    let (url, exchange) = (gateway.url.clone(), gateway.exchange.clone());
     let (_conn, mut consumer) = tap(&exchange, "traced").await;
 
     // Act: one submit with the caller's trace and request id.
-    let url = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let answer = client
         .post(format!("{url}/tasks/submit"))
@@ -186,16 +239,51 @@ async fn a_submits_traceparent_follows_the_task_through_every_hop_and_log_line()
     }
 
     // Every log line that names the task names its trace too.
-    let _ = child.kill().await;
-    let log = log.lock().expect("held").clone();
+    let log = gateway.stop().await;
     let naming: Vec<&Value> = log.iter().filter(|e| e.to_string().contains("trace-1")).collect();
     assert!(!naming.is_empty(), "no log line names the task");
     for line in naming {
         assert!(line.to_string().contains(TRACE_ID), "a log line about the task without its trace id: {line}");
     }
-    delete_topology(&exchange, &["traced".to_owned()]).await;
-    let _ = std::fs::remove_dir_all(&topics);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_otlp_endpoint_the_tasks_spans_are_exported_in_its_trace() {
+    let (base, _) = stand_in().await;
+    // The same stand-in takes the OTLP/HTTP JSON export at /v1/traces.
+    let gateway = Gateway::start(
+        &base,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", base.clone()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json".into())],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let answer = client
+        .post(format!("{}/tasks/submit", gateway.url))
+        .header("traceparent", format!("00-{TRACE_ID}-00f067aa0ba902b7-01"))
+        .json(&body("otlp-1", "traced", json!({})))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(answer.status().as_u16(), 200);
+    let path = format!("{}/tasks/otlp-1/status", gateway.url);
+    wait_until(&client, &path, |s| s["status"] == "succeeded").await;
+    gateway.stop().await;
+
+    let exported = EXPORTS.lock().expect("held").clone();
+    let spans: Vec<&Value> = exported
+        .iter()
+        .flat_map(|e| e["resourceSpans"].as_array().into_iter().flatten())
+        .flat_map(|r| r["scopeSpans"].as_array().into_iter().flatten())
+        .flat_map(|s| s["spans"].as_array().into_iter().flatten())
+        .collect();
+    let in_trace: Vec<&str> =
+        spans.iter().filter(|s| s["traceId"].as_str() == Some(TRACE_ID)).filter_map(|s| s["name"].as_str()).collect();
+    assert!(in_trace.contains(&"request"), "the submit's span: {in_trace:?} of {}", spans.len());
+    assert!(in_trace.contains(&"attempt"), "the handler's run: {in_trace:?}");
+}
+
+/// OTLP bodies the stand-in received.
+static EXPORTS: Mutex<Vec<Value>> = Mutex::new(Vec::new());
 
 fn tempdir() -> PathBuf {
     let dir = std::env::temp_dir().join(unique("topics"));
