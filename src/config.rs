@@ -98,6 +98,9 @@ pub struct RabbitSettings {
     pub exchange: String,
     /// `RABBITMQ_DELIVERY_LIMIT` (10): quorum-queue deliveries before a message is dead-lettered.
     pub delivery_limit: u32,
+    /// `RABBITMQ_CONSUME_TIMEOUT_MS`, `RABBITMQ_CONSUMER_RETRY_*_MS`, `DEAD_LETTER_RETENTION_DAYS`:
+    /// how a topic whose queue cannot be consumed is retried, and how long dead letters are kept.
+    pub consumers: crate::broker::ConsumerPolicy,
 }
 
 /// `Debug` shows the URL redacted (it may carry a password or a `?token=`).
@@ -283,6 +286,7 @@ impl Settings {
                     ok.then(|| s.to_owned())
                 })?,
                 delivery_limit: r.parse_or("RABBITMQ_DELIVERY_LIMIT", 10, |s| s.parse().ok().filter(|n| *n > 0))?,
+                consumers: crate::broker::ConsumerPolicy::from_vars(vars)?,
             },
             task_timeout: Duration::from_secs(r.parse_or("TASK_TIMEOUT", 300, positive)?),
             task_retry_limit: r.parse_or("TASK_RETRY_LIMIT", 3, |s| s.parse().ok().filter(|n| *n > 0))?,

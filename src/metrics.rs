@@ -80,6 +80,15 @@ pub struct Metrics {
     pub timeouts: Family<ReasonLabel, Counter>,
     /// Open HTTP connections.
     pub http_connections: Gauge,
+    /// 1 while a topic's queue is being consumed, 0 while its consumer is down (`broker`); the
+    /// dead-letter queue's consumer is `topic="_dead_letters"`.
+    pub topic_consuming: Family<TopicLabel, Gauge>,
+    /// Times a topic's consumer had to be started again (queue deleted, consume failed, channel
+    /// or connection closed).
+    pub consumer_restarts: Family<TopicLabel, Counter>,
+    /// Messages read from the dead-letter queue and recorded, by topic (`unknown` when the
+    /// message names no registered topic).
+    pub dead_letters: Family<TopicLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -106,6 +115,9 @@ impl Metrics {
         let shed = Family::<ReasonLabel, Counter>::default();
         let timeouts = Family::<ReasonLabel, Counter>::default();
         let http_connections = Gauge::default();
+        let topic_consuming = Family::<TopicLabel, Gauge>::default();
+        let consumer_restarts = Family::<TopicLabel, Counter>::default();
+        let dead_letters = Family::<TopicLabel, Counter>::default();
         registry.register("task_submits", "Accepted task submissions", submits.clone());
         registry.register("task_outcomes", "Handler attempt outcomes", outcomes.clone());
         registry.register("handler_duration_seconds", "Handler run time per attempt", handler_duration.clone());
@@ -124,6 +136,9 @@ impl Metrics {
         registry.register("shed_requests", "Submissions refused with 503 before queueing", shed.clone());
         registry.register("request_timeouts", "Requests cut off by the body or request timeout", timeouts.clone());
         registry.register("http_connections", "Open HTTP connections", http_connections.clone());
+        registry.register("topic_consuming", "1 while the topic's queue is consumed, else 0", topic_consuming.clone());
+        registry.register("consumer_restarts", "Topic consumers restarted after a failure", consumer_restarts.clone());
+        registry.register("dead_letters", "Dead-lettered messages recorded", dead_letters.clone());
         Self {
             registry: Arc::new(registry),
             submits,
@@ -140,6 +155,9 @@ impl Metrics {
             shed,
             timeouts,
             http_connections,
+            topic_consuming,
+            consumer_restarts,
+            dead_letters,
         }
     }
 
@@ -170,6 +188,21 @@ impl Metrics {
     /// Counts one accepted submission of `topic`; `result` is `created` or `existing`.
     pub fn submitted(&self, topic: &str, result: &str) {
         self.submits.get_or_create(&SubmitLabels { topic: topic.to_owned(), result: result.to_owned() }).inc();
+    }
+
+    /// Sets whether `topic`'s queue is being consumed.
+    pub fn topic_consuming(&self, topic: &str, consuming: bool) {
+        self.topic_consuming.get_or_create(&Self::topic(topic)).set(i64::from(consuming));
+    }
+
+    /// Counts a restart of `topic`'s consumer.
+    pub fn consumer_restarted(&self, topic: &str) {
+        self.consumer_restarts.get_or_create(&Self::topic(topic)).inc();
+    }
+
+    /// Counts a dead letter of `topic` recorded.
+    pub fn dead_lettered(&self, topic: &str) {
+        self.dead_letters.get_or_create(&Self::topic(topic)).inc();
     }
 
     pub fn topic(topic: &str) -> TopicLabel {

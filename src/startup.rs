@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    broker::{Broker, RabbitBroker, Topology, rabbit_consumers},
+    broker::{Broker, ConsumerSet, DeadLetterRecorder, RabbitBroker, Topology, rabbit_consumers},
     camunda::{CamundaClient, Poller, Reporter},
     config::Settings,
     dispatch::Dispatcher,
@@ -46,6 +46,7 @@ impl Application {
             None => anyhow::anyhow!("MongoDB at MONGODB_URI: {e}"),
         })?;
         store.measure_clock().await.map_err(|e| anyhow::anyhow!("MongoDB at MONGODB_URI: {e}"))?;
+        store.ensure_dead_letter_indexes().await.map_err(|e| anyhow::anyhow!("MongoDB at MONGODB_URI: {e}"))?;
         // Handlers follow redirects only within their URL's origin (topics::redirect_policy).
         // Trusting the system roots plus CA_BUNDLE_FILE (crate::tls).
         let tls_client = || crate::tls::http_client_builder(&settings.tls, None).map_err(anyhow::Error::msg);
@@ -63,7 +64,8 @@ impl Application {
             Topology { exchange: settings.rabbitmq.exchange.clone(), delivery_limit: settings.rabbitmq.delivery_limit };
         let broker =
             RabbitBroker::new(settings.rabbitmq.url.clone(), topology, registry.names().map(str::to_owned).collect())
-                .with_tls(crate::tls::amqp_tls_config(&settings.tls).map_err(anyhow::Error::msg)?);
+                .with_tls(crate::tls::amqp_tls_config(&settings.tls).map_err(anyhow::Error::msg)?)
+                .with_policy(settings.rabbitmq.consumers);
         // An amqps:// peer whose certificate is not trusted is a configuration error: stop here,
         // saying so, rather than retry for ever in the background.
         broker.check_tls().await.map_err(anyhow::Error::msg)?;
@@ -129,9 +131,18 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let Self { listener, tls, state, broker, dispatcher, reporter, stop } = self;
         let settings = state.settings.clone();
-        let consumers = if settings.mode.consumes() { rabbit_consumers(&state.registry) } else { Vec::new() };
-        let broker_task =
-            tokio::spawn(broker.run(consumers, Arc::new(dispatcher.clone()), stop.clone(), settings.shutdown_grace));
+        let consumers = ConsumerSet {
+            topics: if settings.mode.consumes() { rabbit_consumers(&state.registry) } else { Vec::new() },
+            handler: Arc::new(dispatcher.clone()),
+            dead_letters: Some(Arc::new(DeadLetterRecorder::new(
+                state.store.clone(),
+                state.metrics.clone(),
+                state.registry.names().map(str::to_owned),
+                settings.rabbitmq.consumers.dead_letter_retention,
+            ))),
+            metrics: state.metrics.clone(),
+        };
+        let broker_task = tokio::spawn(broker.run(consumers, stop.clone(), settings.shutdown_grace));
         let relay = Relay {
             store: state.store.clone(),
             broker: state.broker.clone() as Arc<dyn Broker>,

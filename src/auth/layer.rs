@@ -43,6 +43,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("POST", "/tasks/{task_id}/retry", Access::Scope(Scope::Operate)),
     ("POST", "/tasks/{task_id}/report", Access::Scope(Scope::Operate)),
     ("DELETE", "/tasks/{task_id}", Access::Scope(Scope::Operate)),
+    ("GET", "/dead-letters", Access::Scope(Scope::Read)),
 ];
 
 /// The access a matched route needs. The documentation (`/docs`, `/openapi.json`) is public;

@@ -1,6 +1,7 @@
 //! The HTTP API: one router per resource, merged here with the OpenAPI document (generated from
 //! the handlers' annotations), Swagger UI, the body limit and the shared error shape.
 
+mod dead_letters;
 mod error;
 mod operate;
 mod refusals;
@@ -47,6 +48,7 @@ pub struct AppState {
     paths(
         system::root, system::health, system::live, system::metrics, system::topics,
         tasks::submit, tasks::status, operate::retry, operate::cancel, operate::resend_report, tasks::list, tasks::statistics,
+        dead_letters::list,
     ),
     components(schemas(ErrorBody, crate::domain::FieldError)),
     tags((name = "tasks", description = "Submit and follow external tasks"), (name = "system", description = "Health, metrics and registry"))
@@ -61,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         let document = openapi_document(&state.settings, &state.registry);
         app =
             app.merge(tasks::router()).merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", document));
+        app = app.merge(dead_letters::router());
     }
     // After every route is in: a route layer runs for matched routes only, and knows which.
     // The later `route_layer` wraps the earlier, so auth runs first and the guard's limits see

@@ -39,11 +39,18 @@ pub async fn root() -> Json<RootView> {
 
 #[derive(Serialize, ToSchema)]
 pub struct HealthView {
-    /// healthy, degraded (RabbitMQ or Camunda down: tasks are still accepted) or unhealthy
-    /// (MongoDB down).
+    /// healthy, degraded (RabbitMQ or Camunda down, or a topic's queue not consumed: tasks are
+    /// still accepted) or unhealthy (MongoDB down).
     pub status: &'static str,
     pub mongodb: &'static str,
     pub rabbitmq: &'static str,
+    /// Per topic, whether its queue is being consumed (absent where nothing consumes,
+    /// `GATEWAY_MODE=api`). A topic not consumed makes the status `degraded`: the others flow.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub topics: std::collections::BTreeMap<String, ConsumerView>,
+    /// The dead-letter queue's consumer (see `GET /dead-letters`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letters: Option<ConsumerView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub camunda: Option<&'static str>,
     pub timestamp: String,
@@ -70,7 +77,9 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
         Some(client) => Some(word(client.ping().await)),
         None => None,
     };
-    let status = match (mongo, rabbit && camunda != Some("unhealthy")) {
+    let consumers = state.broker.consumers();
+    let consuming = consumers.topics.iter().map(|(_, s)| s).chain(&consumers.dead_letters).all(|s| s.consuming);
+    let status = match (mongo, rabbit && consuming && camunda != Some("unhealthy")) {
         (true, true) => "healthy",
         (true, false) => "degraded",
         (false, _) => "unhealthy",
@@ -79,6 +88,8 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
         status,
         mongodb: word(mongo),
         rabbitmq: word(rabbit),
+        topics: consumers.topics.into_iter().map(|(topic, s)| (topic, s.into())).collect(),
+        dead_letters: consumers.dead_letters.map(Into::into),
         camunda,
         timestamp: now_utc(),
         version: env!("CARGO_PKG_VERSION"),
@@ -105,4 +116,24 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 #[utoipa::path(get, path = "/topics", tag = "system", responses((status = 200, body = Vec<TopicSpec>)))]
 pub async fn topics(State(state): State<AppState>) -> Json<Vec<TopicSpec>> {
     Json(state.registry.iter().map(|t| t.spec.clone()).collect())
+}
+
+/// One queue consumer's state.
+#[derive(Serialize, ToSchema)]
+pub struct ConsumerView {
+    pub consuming: bool,
+    /// Why not, while it is not; it is retried with backoff.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When it entered this state (RFC 3339, UTC).
+    pub since: String,
+    /// Times it was started again after its queue could not be consumed.
+    pub restarts: u64,
+}
+
+impl From<crate::broker::ConsumerState> for ConsumerView {
+    fn from(s: crate::broker::ConsumerState) -> Self {
+        let since = s.since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        Self { consuming: s.consuming, error: s.error, since, restarts: s.restarts }
+    }
 }

@@ -309,8 +309,8 @@ pub trait TaskStore: Send + Sync {
 
     async fn statistics(&self) -> Result<Statistics, StoreError>;
 
-    /// Retention: final tasks of `scope` whose Camunda report is settled (never one still owed,
-    /// nor one given up) and that completed at least `retention` ago get `expire_at` =
+    /// Retention: final tasks of `scope` whose Camunda report is settled (never one still owed;
+    /// one given up, `report_failed`, is settled) and that completed at least `retention` ago get `expire_at` =
     /// `completed_at` + `retention`, which the store's TTL index deletes them by. Up to `limit`
     /// tasks; how many were marked.
     async fn mark_expired(

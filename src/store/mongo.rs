@@ -530,4 +530,16 @@ impl TaskStore for MongoStore {
     async fn mark_expired(&self, scope: &super::TopicScope, retention: Duration, limit: u32) -> Result<u64, StoreError> {
         self.mark_expired_impl(scope, retention, limit).await
     }
+
+    async fn record_dead_letter(&self, letter: super::DeadLetter, retention: Duration) -> Result<(), StoreError> {
+        self.record_dead_letter_impl(letter, retention).await
+    }
+
+    async fn republish_dead_lettered(&self, task_id: &str) -> Result<bool, StoreError> {
+        self.republish_dead_lettered_impl(task_id).await
+    }
+
+    async fn dead_letters(&self, query: &super::DeadLetterQuery) -> Result<Vec<super::DeadLetter>, StoreError> {
+        self.dead_letters_impl(query).await
+    }
 }

@@ -1,8 +1,8 @@
 //! Retention for [`MongoStore`]: finished tasks past their retention get an `expire_at` date, and
 //! the server's TTL monitor deletes them (index `task_expiry`, see `mongo_indexes`). The store
 //! only marks; the deletion itself is the server's, by its own clock. It must never mark a task
-//! whose outcome Camunda is still owed, or one whose report was given up (an operator may still
-//! re-send it).
+//! whose outcome Camunda is still owed (a report given up, `report_failed`, is settled: it had its
+//! retention to be re-sent by hand).
 
 use std::time::Duration;
 
@@ -23,9 +23,18 @@ pub enum TopicScope {
 
 const FINAL: [&str; 3] = ["succeeded", "failed", "cancelled"];
 
-/// Report states after which nothing more is owed to Camunda, or nothing ever was.
-/// `pending` is owed; `report_failed` waits for a re-send by hand, so it is kept.
-const SETTLED: [&str; 3] = ["not_applicable", "reported", "completed_elsewhere"];
+/// A final task whose outcome Camunda is owed: never marked.
+const OWED: &str = "pending";
+
+/// Whether a candidate (with the fields the sweep reads) may be marked: final, completed by
+/// `bound`, its report not owed, not marked yet.
+fn eligible(task: &Document, bound: bson::DateTime) -> bool {
+    let state = task.get_document("camunda").ok().and_then(|c| c.get_str("report_state").ok());
+    task.get_str("status").is_ok_and(|s| FINAL.contains(&s))
+        && task.get_datetime("completed_at").is_ok_and(|at| *at <= bound)
+        && state != Some(OWED)
+        && !task.contains_key("expire_at")
+}
 
 impl MongoStore {
     pub(super) async fn mark_expired_impl(
@@ -40,31 +49,29 @@ impl MongoStore {
         let Some(bound) = (self.server_now().await? + RANGE_SLACK).checked_sub_signed(keep) else { return Ok(0) };
         let bound = bdate(bound);
         // Completed after it was created: the creation range is what an index narrows (the
-        // `topic_created` or `created_desc` index; SecantusDB picks the first clause an index
-        // serves, so the indexed fields come first).
-        let mut filter = match scope {
+        // `topic_created` or `created_desc` index). The candidates are read with that range
+        // alone and judged here: SecantusDB, given more clauses, scans the topic's every task.
+        let range = match scope {
             TopicScope::Topic(topic) => doc! {"topic": topic, "created_at": {"$lte": bound}},
             TopicScope::AllBut(topics) => doc! {"created_at": {"$lte": bound}, "topic": {"$nin": topics.clone()}},
         };
-        filter.extend(doc! {
-            "completed_at": {"$lte": bound},
-            "status": {"$in": FINAL.to_vec()},
-            "camunda.report_state": {"$in": SETTLED.to_vec()},
-            "expire_at": {"$exists": false},
-        });
-        let ids: Vec<String> = self
+        let fields = doc! {"_id": 1, "status": 1, "completed_at": 1, "camunda.report_state": 1, "expire_at": 1};
+        let candidates: Vec<Document> = self
             .tasks()
             .clone_with_type::<Document>()
-            .find(filter.clone())
-            .projection(doc! {"_id": 1})
-            .limit(i64::from(limit))
+            .find(range)
+            .projection(fields)
+            .limit(i64::from(limit) * 2)
             .await
             .map_err(classify)?
-            .try_collect::<Vec<_>>()
+            .try_collect()
             .await
-            .map_err(classify)?
+            .map_err(classify)?;
+        let ids: Vec<&str> = candidates
             .iter()
-            .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))
+            .filter(|d| eligible(d, bound))
+            .filter_map(|d| d.get_str("_id").ok())
+            .take(limit as usize)
             .collect();
         if ids.is_empty() {
             return Ok(0);
@@ -72,6 +79,34 @@ impl MongoStore {
         // The filter again: a task retried by hand since the read is final no more.
         let ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX / 4);
         let mark = vec![doc! {"$set": {"expire_at": {"$add": ["$completed_at", ms]}}}];
-        self.update_among(&ids, &filter, mark).await
+        let still = doc! {
+            "status": {"$in": FINAL.to_vec()},
+            "completed_at": {"$lte": bound},
+            "camunda.report_state": {"$ne": OWED},
+            "expire_at": {"$exists": false},
+        };
+        self.update_among(&ids, &still, mark).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_final_settled_unmarked_tasks_past_the_bound_are_eligible() {
+        let bound = bson::DateTime::from_millis(10_000);
+        let task = |status: &str, at: i64, state: &str| {
+            doc! {"_id": "t", "status": status, "completed_at": bson::DateTime::from_millis(at),
+                  "camunda": {"report_state": state}}
+        };
+        assert!(eligible(&task("succeeded", 9_000, "not_applicable"), bound));
+        assert!(eligible(&task("cancelled", 10_000, "report_failed"), bound));
+        assert!(!eligible(&task("failed", 9_000, "pending"), bound), "Camunda is owed its outcome");
+        assert!(!eligible(&task("retrying", 9_000, "not_applicable"), bound), "not final");
+        assert!(!eligible(&task("succeeded", 10_001, "reported"), bound), "too recent");
+        let mut marked = task("succeeded", 9_000, "reported");
+        marked.insert("expire_at", bound);
+        assert!(!eligible(&marked, bound), "marked already");
     }
 }

@@ -114,13 +114,15 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         stop,
         task: Some(task),
     };
-    // Ready means the broker is connected and the topology declared.
+    // Ready means the broker is connected, the topology declared and every topic consumed.
     if options.no_broker {
         return test_app;
     }
-    test_app
-        .wait_for("rabbitmq connected", Duration::from_secs(20), |h: Value| h["rabbitmq"] == "healthy", "/health")
-        .await;
+    let ready = |h: Value| {
+        let consuming = h["topics"].as_object().is_none_or(|t| t.values().all(|s| s["consuming"] == true));
+        h["rabbitmq"] == "healthy" && consuming
+    };
+    test_app.wait_for("rabbitmq connected", Duration::from_secs(20), ready, "/health").await;
     test_app
 }
 

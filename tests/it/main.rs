@@ -4,6 +4,7 @@
 mod api;
 mod auth;
 mod bad_input;
+mod bulkheads;
 mod camunda;
 mod camunda_outcomes;
 #[path = "../common/mod.rs"]

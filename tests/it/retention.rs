@@ -83,7 +83,7 @@ async fn expire_and_keep(app: &TestApp) {
     // Past its retention, but Camunda is still owed its outcome: stays.
     let owed = doc! {"camunda": {"linked": true, "report_state": "pending", "report_due_at": bson::DateTime::now()}};
     finished_copy(app, &template, "ret-owed", old, owed).await;
-    // Its report was given up; an operator may still re-send it: stays.
+    // Its report was given up (settled: it had its retention to be re-sent by hand): expires.
     let given_up = doc! {"camunda": {"linked": true, "report_state": "report_failed"}};
     finished_copy(app, &template, "ret-given-up", old, given_up).await;
     // Of a topic kept 30 days (TASK_RETENTION_DAYS): stays.
@@ -95,8 +95,8 @@ async fn expire_and_keep(app: &TestApp) {
     finished_copy(app, &template, "ret-retried", BRIEF_RETENTION_S - 1.5, failed).await;
 
     eventually("the sweep to mark the expired tasks", WAIT, || async move {
-        let marked = filter_marked(app, &["ret-old", "ret-retried"]).await;
-        marked == 2
+        let marked = filter_marked(app, &["ret-old", "ret-given-up", "ret-retried"]).await;
+        marked == 3
     })
     .await;
     let response = app.client.post(app.url("/tasks/ret-retried/retry")).send().await.expect("gateway answers");
@@ -107,8 +107,10 @@ async fn expire_and_keep(app: &TestApp) {
     tokio::time::sleep(Duration::from_millis(1600)).await;
 
     run_ttl_monitor(app, "ret-old").await;
-    assert!(stored(app, "ret-old").await.is_none(), "a task past its retention is deleted");
-    for kept in ["ret-fresh", "ret-owed", "ret-given-up", "ret-default", "ret-default-old", "ret-retried"] {
+    for gone in ["ret-old", "ret-given-up"] {
+        assert!(stored(app, gone).await.is_none(), "{gone}: a task past its retention is deleted");
+    }
+    for kept in ["ret-fresh", "ret-owed", "ret-default", "ret-default-old", "ret-retried"] {
         let task = stored(app, kept).await;
         assert!(task.as_ref().is_some_and(|d| !d.contains_key("expire_at")), "{kept} stays: {task:?}");
     }
