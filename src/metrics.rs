@@ -1,6 +1,10 @@
 //! Prometheus metrics: one registry, typed families, rendered as text at `/metrics`. Labels are
 //! topic and outcome only: never task ids (unbounded cardinality) nor variables.
 
+mod exposition;
+
+pub use exposition::Exposition;
+
 use std::sync::{Arc, atomic::AtomicU64};
 
 use prometheus_client::{
@@ -209,11 +213,19 @@ impl Metrics {
         TopicLabel { topic: topic.to_owned() }
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition, as the registry writes it.
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    /// The exposition in `format` (see [`Exposition::negotiate`]).
+    pub fn render_as(&self, format: Exposition) -> String {
+        match format {
+            Exposition::OpenMetrics => self.render(),
+            Exposition::Prometheus => exposition::to_prometheus_text(&self.render()),
+        }
     }
 }

@@ -38,8 +38,9 @@ fn refused(task_id: &str, action: &str, allowed: &str, e: TransitionError) -> Ap
 /// Run a failed or cancelled task again, attempts reset. A Camunda-linked task only while
 /// Camunda has no outcome for it (its report failed for good).
 #[utoipa::path(post, path = "/tasks/{task_id}/retry", tag = "tasks",
-    params(("task_id" = String, Path, description = "task id")),
-    responses((status = 200, body = ActionResponse), (status = 404, body = ErrorBody),
+    params(("task_id" = String, Path, description = "task id", example = "demo-1")),
+    responses((status = 200, body = ActionResponse, example = json!({"status": "retrying", "task_id": "demo-1", "message": "Task queued again"})),
+        (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "not failed or cancelled, or its outcome already reached Camunda")))]
 #[tracing::instrument(skip_all, fields(task_id = %task_id, by = caller.name()))]
 pub async fn retry(
@@ -76,8 +77,9 @@ pub async fn retry(
 /// Cancel a queued or retrying task. A Camunda-linked one is reported as an incident ("cancelled
 /// via the gateway"), or unlocked if it was pulled and never started.
 #[utoipa::path(delete, path = "/tasks/{task_id}", tag = "tasks",
-    params(("task_id" = String, Path, description = "task id")),
-    responses((status = 200, body = ActionResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "not queued or retrying")))]
+    params(("task_id" = String, Path, description = "task id", example = "demo-1")),
+    responses((status = 200, body = ActionResponse, example = json!({"status": "cancelled", "task_id": "demo-1", "message": "Task cancelled"})),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "not queued or retrying")))]
 #[tracing::instrument(skip_all, fields(task_id = %task_id, by = caller.name()))]
 pub async fn cancel(
     State(state): State<AppState>,
@@ -95,7 +97,7 @@ pub async fn cancel(
 
 /// Send a report that failed for good (`report_failed`) to Camunda again.
 #[utoipa::path(post, path = "/tasks/{task_id}/report", tag = "tasks",
-    params(("task_id" = String, Path, description = "task id")),
+    params(("task_id" = String, Path, description = "task id", example = "demo-1")),
     responses((status = 200, body = ActionResponse), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "its report has not failed")))]
 #[tracing::instrument(skip_all, fields(task_id = %task_id, by = caller.name()))]

@@ -106,10 +106,19 @@ pub async fn live() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "alive"}))
 }
 
-/// Prometheus text format.
-#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, content_type = "text/plain", body = String)))]
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
+/// The metrics: OpenMetrics 1.0.0 when `Accept` asks for `application/openmetrics-text` (as
+/// Prometheus does), the Prometheus text format 0.0.4 otherwise.
+#[utoipa::path(get, path = "/metrics", tag = "system",
+    params(("Accept" = Option<String>, Header, description = "`application/openmetrics-text` for OpenMetrics",
+        example = "application/openmetrics-text; version=1.0.0")),
+    responses((status = 200, description = "the exposition, in the format negotiated", content(
+        (String = "text/plain; version=0.0.4", example = json!("# HELP gateway_task_submits_total Accepted task submissions.\n# TYPE gateway_task_submits_total counter\ngateway_task_submits_total{topic=\"say_hello\",result=\"created\"} 1\n")),
+        (String = "application/openmetrics-text; version=1.0.0", example = json!("# HELP gateway_task_submits Accepted task submissions.\n# TYPE gateway_task_submits counter\ngateway_task_submits_total{topic=\"say_hello\",result=\"created\"} 1\n# EOF\n")),
+    ))))]
+pub async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> impl IntoResponse {
+    let format = crate::metrics::Exposition::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    // Vary: a cache between scraper and gateway must not hand one format to the other's Accept.
+    ([(header::CONTENT_TYPE, format.content_type()), (header::VARY, "accept")], state.metrics.render_as(format))
 }
 
 /// The topic registry: name, handler, timeout, retry policy, concurrency.

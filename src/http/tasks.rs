@@ -36,7 +36,14 @@ pub fn router() -> Router<AppState> {
         .route("/tasks/{task_id}", delete(super::operate::cancel))
 }
 
-/// What a worker submits.
+/// What a worker submits. The variables a topic needs are its own (`GET /topics`), e.g.:
+///
+/// - `say_hello`: `name` (optional, default `World`).
+/// - `nova_publicacao`: required `numero_processo`, `data_publicacao` (`dd/mm/yyyy`,
+///   `dd-mm-yyyy` or `dd.mm.yyyy`, a real date), `texto_publicacao` (with letters or digits) and
+///   `fonte` (`dw`, `manual` or `escavador`); optional `tribunal` (string) and `instancia` (string
+///   or number). Missing fields are refused here (422); wrong formats fail the task as a
+///   `validation` business error, never retried.
 #[derive(Deserialize, ToSchema)]
 #[allow(dead_code)] // documents the body; parsing goes through `Submission::parse`
 pub struct SubmitRequest {
@@ -87,12 +94,26 @@ fn json_body(
 
 /// Store a task durably and queue it. A 200 means it is in MongoDB; it will be processed even
 /// if RabbitMQ is down right now.
-#[utoipa::path(post, path = "/tasks/submit", tag = "tasks", request_body = SubmitRequest, responses(
-    (status = 200, body = SubmitResponse, description = "stored (created:false on an idempotent resubmit)"),
+#[utoipa::path(post, path = "/tasks/submit", tag = "tasks",
+    request_body(content = SubmitRequest, description = "a task for a registered topic", examples(
+        ("hello" = (summary = "say_hello: greets `name`", value = json!(
+            {"task_id": "demo-1", "worker_id": "demo-worker", "topic": "say_hello", "variables": {"name": "Ada"}}))),
+        ("publication" = (summary = "nova_publicacao: records a court publication once", value = json!(
+            {"task_id": "demo-2", "worker_id": "demo-worker", "topic": "nova_publicacao", "variables": {
+                "numero_processo": "0001234-56.2024.8.26.0100", "data_publicacao": "15/03/2024",
+                "texto_publicacao": "Intimação: o réu deverá se manifestar em 15 dias.", "fonte": "dw",
+                "tribunal": "TJSP", "instancia": 1}}))),
+    )),
+    responses(
+    (status = 200, body = SubmitResponse, description = "stored (created:false on an idempotent resubmit)",
+        example = json!({"status": "submitted", "task_id": "demo-1", "message": "Task submitted successfully", "created": true})),
     (status = 400, body = ErrorBody, description = "malformed JSON"),
     (status = 409, body = ErrorBody, description = "same task_id, different body"),
     (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
-    (status = 422, body = ErrorBody, description = "invalid fields or unknown topic; `details` lists each"),
+    (status = 422, body = ErrorBody, description = "invalid fields or unknown topic; `details` lists each",
+        example = json!({"status": "error", "error_code": "VALIDATION_ERROR", "error_message": "required variables missing",
+            "retry_allowed": false, "timestamp": "2024-03-15T12:00:00Z", "path": "/tasks/submit",
+            "details": [{"field": "variables.fonte", "message": "is required by topic nova_publicacao"}]})),
     (status = 503, body = ErrorBody, description = "store unreachable"),
 ))]
 #[tracing::instrument(skip_all, fields(task_id, topic))]
@@ -183,7 +204,7 @@ fn validate<'s>(
 
 /// A task's status, result and history.
 #[utoipa::path(get, path = "/tasks/{task_id}/status", tag = "tasks",
-    params(("task_id" = String, Path, description = "task id")),
+    params(("task_id" = String, Path, description = "task id", example = "demo-1")),
     responses((status = 200, body = TaskView), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn status(State(state): State<AppState>, Path(task_id): Path<String>) -> Result<Json<TaskView>, ApiError> {
     match state.store.get(&task_id).await? {
@@ -219,7 +240,8 @@ const CURSOR_SEP: char = '~';
 
 /// Tasks, newest first, with filters and cursor pagination.
 #[utoipa::path(get, path = "/tasks", tag = "tasks", params(ListParams),
-    responses((status = 200, body = TaskPage), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = TaskPage),
+        (status = 400, body = ErrorBody, description = "a malformed query (`limit=abc`), an unknown status, a limit outside 1..500 or a cursor this API did not issue; `details` lists each")))]
 pub async fn list(
     State(state): State<AppState>,
     params: Result<Query<ListParams>, QueryRejection>,

@@ -15,6 +15,8 @@ mod helpers;
 mod http2;
 mod leaks;
 mod lifecycle;
+mod metrics_format;
+mod openapi_examples;
 mod publishing;
 mod retention;
 mod seed_workers;
