@@ -43,8 +43,13 @@ if [ "$PROFILE" = release ]; then
     cargo build --release --bins
     BIN_DIR=target/release
 else
-    log "cargo build --bins (BENCH_PROFILE=$PROFILE: figures are not representative)"
-    cargo build --bins
+    # `--tests`: build the binaries with the features the test build gives their dependencies.
+    # Dev-dependencies switch some on (tokio's test-util, x509-parser's verify through rcgen), so
+    # a plain `cargo build --bins` after `cargo test --all-targets` compiled a second copy of
+    # ~22 crates (tokio and everything above it) only to run the smoke; this way scripts/test.sh's
+    # smoke reuses what its test step built and compiles nothing.
+    log "cargo build --bins --tests (BENCH_PROFILE=$PROFILE: figures are not representative)"
+    cargo build --bins --tests
     BIN_DIR=target/debug
 fi
 

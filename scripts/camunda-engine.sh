@@ -3,7 +3,8 @@
 #
 #   scripts/camunda-engine.sh [up]    build the jar if needed, start the engine, wait until ready,
 #                                     write .services/camunda.env (export CAMUNDA_TEST_URL=...)
-#   scripts/camunda-engine.sh down    stop the engine started by `up`
+#   scripts/camunda-engine.sh down    stop the engine started by `up` (its pid in .services/camunda.pid);
+#                                     an engine `up` found running is left alone
 #   scripts/camunda-engine.sh status  exit 0 if the engine answers, 1 otherwise
 #   scripts/camunda-engine.sh build   only (re)build the jar if it is stale
 #
@@ -76,11 +77,13 @@ probe() {
   curl -s -o /dev/null -m 3 -w '%{http_code}' "$BASE/engine" 2>/dev/null || true
 }
 
+# True if the recorded pid still runs our engine (not a recycled pid: `down` kills it).
 pid_alive() {
   [[ -f "$PIDFILE" ]] || return 1
   local pid
   pid="$(cat "$PIDFILE" 2>/dev/null || true)"
-  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null
+  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$(basename "$JAR")"
 }
 
 write_env() {
@@ -113,7 +116,11 @@ up() {
   code="$(probe)"
   if [[ "$code" == "200" ]]; then
     write_env
-    log "already running at $BASE"
+    if pid_alive; then
+      log "already running at $BASE (pid $(cat "$PIDFILE"))"
+    else
+      log "an engine not started by this script answers at $BASE: using it ('$0 down' leaves it running)"
+    fi
     return 0
   fi
   if pid_alive; then

@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
-# Start the services (installing them if needed), then run the gateway
-# against them in release mode. Arguments go to the gateway binary:
+# Start what the gateway needs (RabbitMQ and SecantusDB, installing them if
+# needed: scripts/services.sh up --gateway-only), then run the gateway against
+# them in release mode:
 #
-#   scripts/run.sh [gateway args...]
+#   scripts/run.sh
+#
+# It takes no arguments: the gateway reads its settings from the environment
+# and .env (see .env.gateway.example), e.g. `PORT=8080 scripts/run.sh`.
+#
+# No Camunda engine is started: the gateway talks to Camunda only when
+# CAMUNDA_URL is set. To try report or pull mode against the test engine:
+#   scripts/camunda-engine.sh up && source .services/camunda.env
+#   CAMUNDA_URL=$CAMUNDA_TEST_URL scripts/run.sh
 #
 # Unless API_KEYS_FILE is set, it uses a development key file,
 # .services/dev-api-keys.toml, made on the first run with one key of every
@@ -12,7 +21,12 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 
-bash scripts/services.sh up
+if [ "$#" -gt 0 ]; then
+    echo "scripts/run.sh takes no arguments; configure the gateway with environment variables (see .env.gateway.example)" >&2
+    exit 2
+fi
+
+bash scripts/services.sh up --gateway-only
 # shellcheck source=/dev/null
 source .services/env
 
@@ -40,4 +54,4 @@ fi
 # People read this output; containers keep the JSON default.
 export LOG_FORMAT="${LOG_FORMAT:-pretty}"
 
-exec cargo run --release --bin worker-api-gateway -- "$@"
+exec cargo run --release --bin worker-api-gateway

@@ -3,7 +3,11 @@
 #
 #   scripts/services.sh [up]   install what is missing, start what is stopped,
 #                              wait until each answers, write .services/env
-#   scripts/services.sh down   stop SecantusDB and RabbitMQ
+#   scripts/services.sh up --gateway-only
+#                              only what the gateway itself needs (RabbitMQ,
+#                              SecantusDB): no Camunda engine, no seed venv
+#   scripts/services.sh down   stop what `up` started: SecantusDB, RabbitMQ and
+#                              the Camunda engine (see "Ownership" below)
 #   scripts/services.sh env    print .services/env (source it in your shell)
 #
 # Services:
@@ -20,6 +24,13 @@
 # Everything this script creates lives under $REPO/.services/ (git-ignored),
 # except RabbitMQ's own state, which the Debian package keeps in
 # /var/lib/rabbitmq and /var/log/rabbitmq.
+#
+# Ownership: `up` reuses a server that already answers (a RabbitMQ someone
+# started, a MongoDB on the port, an engine on Camunda's port) and records only
+# the ones it starts itself, by pid: .services/rabbitmq.pid (the broker's
+# Erlang VM), .services/secantus.pid, .services/camunda.pid. `down` stops a
+# service only while the running one is the one recorded, and leaves every
+# other one running, so a broker the machine ran before `up` survives `down`.
 #
 # Idempotent: a second `up` with everything running installs nothing and
 # takes a few seconds. Must run as root (apt-get, and the Debian rabbitmq
@@ -67,6 +78,8 @@ RABBIT_ENV_CONF=/etc/rabbitmq/rabbitmq-env.conf
 # server's conf.d (3.10 reads every /etc/rabbitmq/conf.d/*.conf).
 RABBIT_TLS_PORT=5671
 RABBIT_TLS_CONF=/etc/rabbitmq/conf.d/50-worker-gateway-tls.conf
+# The OS pid of the broker `up` started (see Ownership); absent for one it found running.
+RABBIT_PID_FILE="$SERVICES_DIR/rabbitmq.pid"
 
 # --- Test certificates --------------------------------------------------------
 # A test CA and a server certificate it signed (localhost, 127.0.0.1), made
@@ -183,6 +196,23 @@ rabbit_ctl() { timeout 60 rabbitmqctl "$@"; }
 rabbit_ping() { timeout 30 rabbitmq-diagnostics -q ping >/dev/null 2>&1; }
 rabbit_app_running() { timeout 30 rabbitmq-diagnostics -q check_running >/dev/null 2>&1; }
 
+# The OS pid of the running node's Erlang VM; fails when no node answers.
+rabbit_os_pid() {
+    local pid
+    pid="$(rabbit_ctl eval -q 'os:getpid().' 2>/dev/null | tr -d '"[:space:]')" || return 1
+    [ -n "$pid" ] || return 1
+    echo "$pid"
+}
+
+# True if the running node is the one `up` started: its pid is the recorded one. A recorded
+# pid that no longer runs (the broker was stopped and someone else started it) does not count.
+rabbit_owned() {
+    local want have
+    want="$(cat "$RABBIT_PID_FILE" 2>/dev/null)" && [ -n "$want" ] || return 1
+    have="$(rabbit_os_pid)" || return 1
+    [ "$want" = "$have" ]
+}
+
 rabbit_install() {
     # Ask dpkg rather than look for the binary: an install that failed half
     # way leaves the binary but not the status "install ok installed".
@@ -273,6 +303,12 @@ rabbit_restart_for_tls() {
 rabbit_up() {
     rabbit_install
     rabbit_fix_nodename
+    # Ours if it is the node we recorded, or if none runs and we start it below. One running
+    # without our record is someone else's, and stays so even if it is restarted for TLS below.
+    local ours=0
+    if rabbit_owned || ! rabbit_ping; then
+        ours=1
+    fi
     tls_material
     rabbit_tls_config
     if [ "$TLS_MATERIAL_CHANGED" = 1 ] || [ "$RABBIT_TLS_CONF_CHANGED" = 1 ]; then
@@ -331,19 +367,31 @@ rabbit_up() {
             die "RabbitMQ runs but its TLS listener is not on $RABBIT_HOST:$RABBIT_TLS_PORT (see /var/log/rabbitmq/, $RABBIT_TLS_CONF)"
         sleep 1
     done
-    log "RabbitMQ ready on $RABBIT_HOST:$RABBIT_PORT (amqps on $RABBIT_TLS_PORT)"
+    if [ "$ours" = 1 ]; then
+        local pid
+        pid="$(rabbit_os_pid)" || die "RabbitMQ runs but does not tell its pid"
+        echo "$pid" >"$RABBIT_PID_FILE"
+        log "RabbitMQ ready on $RABBIT_HOST:$RABBIT_PORT (amqps on $RABBIT_TLS_PORT; pid $pid, started by services.sh)"
+    else
+        rm -f "$RABBIT_PID_FILE"
+        log "RabbitMQ ready on $RABBIT_HOST:$RABBIT_PORT (amqps on $RABBIT_TLS_PORT; already running" \
+            "when found, so '$0 down' leaves it running)"
+    fi
 }
 
 rabbit_down() {
     if ! command -v rabbitmqctl >/dev/null 2>&1; then
         return 0
     fi
-    if rabbit_ping; then
-        log "stopping RabbitMQ"
+    if ! rabbit_ping; then
+        log "RabbitMQ is not running"
+    elif rabbit_owned; then
+        log "stopping RabbitMQ (pid $(cat "$RABBIT_PID_FILE"), started by '$0 up')"
         quiet rabbit_ctl stop || die "rabbitmqctl stop failed"
     else
-        log "RabbitMQ is not running"
+        log "RabbitMQ was not started by '$0 up': left running"
     fi
+    rm -f "$RABBIT_PID_FILE"
 }
 
 # ============================================================================
@@ -414,7 +462,12 @@ secantus_up() {
     mkdir -p "$SECANTUS_DATA"
 
     if mongo_ping; then
-        log "SecantusDB/MongoDB already answers on $MONGO_HOST:$MONGO_PORT"
+        if secantus_pid >/dev/null; then
+            log "SecantusDB (pid $(secantus_pid)) already answers on $MONGO_HOST:$MONGO_PORT"
+        else
+            log "a MongoDB-wire server not started here answers on $MONGO_HOST:$MONGO_PORT: using it" \
+                "('$0 down' leaves it running)"
+        fi
         return 0
     fi
 
@@ -479,7 +532,8 @@ secantus_up() {
 secantus_down() {
     local pid
     if ! pid="$(secantus_pid)"; then
-        log "SecantusDB is not running (no live pid in $SECANTUS_PID_FILE)"
+        log "no SecantusDB started by '$0 up' is running (no live pid in $SECANTUS_PID_FILE);" \
+            "a server on the port started otherwise is left running"
         rm -f "$SECANTUS_PID_FILE" "$SECANTUS_PORT_FILE"
         return 0
     fi
@@ -501,7 +555,8 @@ secantus_down() {
 # Camunda 7.24 test engine (tests/camunda-engine/, built with Maven and started
 # by scripts/camunda-engine.sh, which is idempotent and waits until the REST API
 # answers). Tests read CAMUNDA_TEST_URL; the gateway itself only talks to
-# Camunda when CAMUNDA_URL is set.
+# Camunda when CAMUNDA_URL is set. An engine already answering on its port is
+# reused; `down` stops only an engine whose pid camunda-engine.sh recorded.
 # ============================================================================
 
 # fd 9 (the lock) is closed for the engine, or the long-lived JVM would hold the lock for good.
@@ -591,13 +646,20 @@ take_lock() {
 }
 
 cmd_up() {
+    local gateway_only=0
+    case "${1:-}" in
+        "") ;;
+        --gateway-only) gateway_only=1 ;;
+        *) die "unknown option '$1' (use: up [--gateway-only])" ;;
+    esac
     require_root
     take_lock
     local start=$SECONDS
     rabbit_up
     secantus_up
-    camunda_up
-    seed_workers_venv
+    # The engine (a JVM of some 300 MB) and the seed workers' venv serve the tests only.
+    [ "$gateway_only" = 1 ] || camunda_up
+    [ "$gateway_only" = 1 ] || seed_workers_venv
     faketime_install
     write_env
     echo "services up in $((SECONDS - start))s: RabbitMQ $RABBIT_HOST:$RABBIT_PORT (amqps $RABBIT_TLS_PORT), SecantusDB $MONGO_HOST:$MONGO_PORT; env in $ENV_FILE"
@@ -618,7 +680,7 @@ cmd_env() {
 }
 
 case "${1:-up}" in
-    up) cmd_up ;;
+    up) cmd_up "${2:-}" ;;
     down) cmd_down ;;
     env) cmd_env ;;
     -h | --help | help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0" ;;

@@ -34,7 +34,8 @@ cargo test --all-targets "$@"
 
 # The benchmark's smoke mode: it must run end to end and print its table; it judges no timing.
 step "[5/5] benchmark smoke: scripts/bench.sh --smoke"
-# Debug binaries: smoke mode judges no timing, and they are already built by the step above.
+# Debug binaries: smoke mode judges no timing, and the step above built them with the same
+# features (bench.sh builds them with `--tests`), so this compiles nothing.
 BENCH_PROFILE=dev bash scripts/bench.sh --smoke
 
 step "all checks passed"
