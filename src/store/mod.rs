@@ -3,10 +3,12 @@
 //! about what the gateway needs, not about MongoDB, so a second backend can slot in.
 
 mod clock;
+mod dead_letter;
 mod mongo;
 mod mongo_batch;
 mod mongo_camunda;
 mod mongo_change;
+mod mongo_dead;
 mod mongo_debts;
 mod mongo_docs;
 mod mongo_errors;
@@ -19,6 +21,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
+pub use dead_letter::{DeadLetter, DeadLetterQuery};
 pub use mongo::{MongoStore, durable_write_concern};
 pub use mongo_docs::lease_for;
 pub use mongo_retention::TopicScope;
@@ -308,6 +311,17 @@ pub trait TaskStore: Send + Sync {
     async fn list(&self, query: &ListQuery) -> Result<Vec<TaskRecord>, StoreError>;
 
     async fn statistics(&self) -> Result<Statistics, StoreError>;
+
+    /// Keeps a dead-lettered message's record for `retention` (then the store drops it).
+    async fn record_dead_letter(&self, letter: DeadLetter, retention: std::time::Duration) -> Result<(), StoreError>;
+
+    /// A task whose message was dead-lettered: if it is still `queued` or `retrying`, its publish
+    /// falls due now by the store's clock (a retry not yet due: when it falls due), so the relay
+    /// sends it again. Whether it was.
+    async fn republish_dead_lettered(&self, task_id: &str) -> Result<bool, StoreError>;
+
+    /// Dead letters, newest first.
+    async fn dead_letters(&self, query: &DeadLetterQuery) -> Result<Vec<DeadLetter>, StoreError>;
 
     /// Retention: final tasks of `scope` whose Camunda report is settled (never one still owed;
     /// one given up, `report_failed`, is settled) and that completed at least `retention` ago get `expire_at` =
