@@ -187,6 +187,9 @@ pub struct Settings {
     pub guard: crate::guard::GuardSettings,
     /// CA bundle, client certificates, the API's certificate (`crate::tls`).
     pub tls: crate::tls::TlsSettings,
+    /// `REPUBLISH_AFTER_SECONDS` (120), `REPUBLISH_RATE` (200 a second): re-sending tasks whose
+    /// messages the broker lost (`crate::resend`).
+    pub resend: crate::resend::ResendSettings,
     /// `TASK_RETENTION_DAYS`, `RETENTION_SWEEP_SECONDS`: how long finished tasks are kept (`crate::retention`).
     pub retention: crate::retention::RetentionSettings,
     /// `STATISTICS_MAX_AGE_SECONDS`: how old the cached statistics may get (`crate::statistics`).
@@ -315,6 +318,7 @@ impl Settings {
             auth: crate::auth::AuthSettings::from_vars(vars)?,
             guard: crate::guard::GuardSettings::from_vars(vars)?,
             tls: crate::tls::TlsSettings::from_vars(vars)?,
+            resend: crate::resend::ResendSettings::from_vars(vars)?,
             retention: crate::retention::RetentionSettings::from_vars(vars)?,
             statistics: crate::statistics::StatisticsSettings::from_vars(vars)?,
         };

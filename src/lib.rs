@@ -14,6 +14,7 @@ pub mod http;
 pub mod intake;
 pub mod metrics;
 pub mod relay;
+pub mod resend;
 pub mod retention;
 pub mod startup;
 pub mod statistics;

@@ -96,6 +96,8 @@ pub struct Relay {
     pub interval: Duration,
     /// Report mode: owed Camunda reports are swept too.
     pub reporter: Option<Reporter>,
+    /// Re-sends tasks whose messages the broker lost (`crate::resend`); `None` turns that off.
+    pub resend: Option<crate::resend::Resender>,
 }
 
 /// What one sweep did.
@@ -140,6 +142,9 @@ impl Relay {
         }
         if !self.broker.is_connected() {
             return Ok(report);
+        }
+        if let Some(resend) = &self.resend {
+            resend.sweep().await; // what it makes owed is sent by the take below
         }
         loop {
             let taken = self.store.take_due_publishes(PUBLISH_HOLD, SWEEP_BATCH).await?;

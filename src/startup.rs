@@ -149,6 +149,12 @@ impl Application {
             metrics: state.metrics.clone(),
             interval: settings.relay_interval,
             reporter,
+            resend: Some(crate::resend::Resender::new(
+                state.store.clone(),
+                state.broker.clone(),
+                state.registry.names().map(str::to_owned),
+                settings.resend.clone(),
+            )),
         };
         let relay_task = tokio::spawn(relay.run(stop.clone()));
         // Finished tasks past their retention are marked for the store's TTL index to delete.

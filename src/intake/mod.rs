@@ -5,7 +5,10 @@
 //! stored": the answer waits for the insert.
 //!
 //! The batch owes its publishes through the debt of the publish window it is stored in, written
-//! ahead of it (see [`windows`]), so the request path makes one write a batch: the tasks.
+//! ahead of it (see [`windows`]), so the request path makes one write a batch: the tasks. An
+//! insert whose outcome is unknown keeps its window's debt, so whatever landed is published when
+//! the relay passes the debt on; an idempotent resubmit of a task still waiting for its first
+//! delivery makes its publish owed again (its first message may be the one that was lost).
 
 use std::sync::Arc;
 
@@ -17,9 +20,13 @@ use crate::{
     metrics::Metrics,
     store::{InsertOutcome, NewTask, StoreError, TaskRecord, TaskStore},
 };
+use plan::plan;
 use windows::{Ticket, Windows};
 
+mod plan;
 pub mod windows;
+
+pub use plan::RESUBMIT_GRACE;
 
 /// Handle for submitting; cheap to clone. The writer stops when every handle is dropped.
 #[derive(Clone)]
@@ -77,18 +84,16 @@ async fn write_batch(
     let started = std::time::Instant::now();
     let outcomes = store.insert_batch(tasks, ticket.at()).await;
     metrics.observe_intake_batch(started.elapsed());
-    // A failed insert may still have landed: the window's debt stays, so the relay publishes it
-    // if so.
-    let all_answered = outcomes.iter().all(Result::is_ok);
-    let created: Vec<TaskRecord> = outcomes
-        .iter()
-        .filter_map(|o| match o {
-            Ok(InsertOutcome::Created(task)) => Some((**task).clone()),
-            _ => None,
-        })
-        .collect();
+    let plan = plan(&outcomes, ticket.at());
+    if !plan.resubmitted.is_empty() {
+        // Before the answer: a 200 to a resubmit promises the task will run. On failure the
+        // relay's stale sweep (`crate::resend`) still finds it.
+        if let Err(error) = store.owe_publish_again(&plan.resubmitted, RESUBMIT_GRACE).await {
+            tracing::warn!(%error, count = plan.resubmitted.len(), "resubmitted tasks not made owed again");
+        }
+    }
     // The answers go out now; publishing does not hold them up.
-    tokio::spawn(publish_batch(broker, metrics, created, ticket, all_answered));
+    tokio::spawn(publish_batch(broker, metrics, plan.publish, ticket, plan.all_known));
     outcomes
 }
 
@@ -99,10 +104,10 @@ async fn publish_batch(
     metrics: Metrics,
     tasks: Vec<TaskRecord>,
     ticket: Ticket,
-    all_answered: bool,
+    all_known: bool,
 ) {
     let (_, failed) = crate::relay::publish_all(broker.as_ref(), &metrics, &tasks).await;
-    if failed == 0 && all_answered {
+    if failed == 0 && all_known {
         ticket.paid();
     }
     // Otherwise the ticket drops unpaid: the window keeps its debt and the relay passes it on.

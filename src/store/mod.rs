@@ -15,6 +15,7 @@ mod mongo_errors;
 mod mongo_indexes;
 mod mongo_queries;
 mod mongo_retention;
+mod mongo_stale;
 mod record;
 
 use async_trait::async_trait;
@@ -25,6 +26,7 @@ pub use dead_letter::{DeadLetter, DeadLetterQuery};
 pub use mongo::{MongoStore, durable_write_concern};
 pub use mongo_docs::lease_for;
 pub use mongo_retention::TopicScope;
+pub use mongo_stale::StaleCount;
 pub use record::{AuditEntry, CamundaLink, ReportState, TaskRecord, TaskSource};
 
 /// The error message of a cancelled task, and what Camunda's incident for it says.
@@ -322,6 +324,21 @@ pub trait TaskStore: Send + Sync {
 
     /// Dead letters, newest first.
     async fn dead_letters(&self, query: &DeadLetterQuery) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// Tasks that should have a message in the broker and have waited longer than `after` by the
+    /// store's clock without a delivery (queued since, or retrying and due since, with no publish
+    /// owed), per topic, with how many of them were re-sent within `after` (`crate::resend`).
+    async fn count_stale(&self, after: std::time::Duration) -> Result<Vec<StaleCount>, StoreError>;
+
+    /// Re-sends up to `limit` stale tasks of `topic` (as [`Self::count_stale`] counts them) not
+    /// re-sent within `after`, oldest first: each is marked (`republished_at`, `republish_count`)
+    /// and owes its publish from now, so the relay's next take sends it. How many this call marked.
+    async fn republish_stale(&self, topic: &str, after: std::time::Duration, limit: u32) -> Result<u64, StoreError>;
+
+    /// Idempotent resubmits: those of `task_ids` still queued, never claimed, owing no publish and
+    /// created longer than `grace` ago owe their publish from now (their first message may be
+    /// lost; a duplicate is skipped by the claim). How many.
+    async fn owe_publish_again(&self, task_ids: &[String], grace: std::time::Duration) -> Result<u64, StoreError>;
 
     /// Retention: final tasks of `scope` whose Camunda report is settled (never one still owed;
     /// one given up, `report_failed`, is settled) and that completed at least `retention` ago get `expire_at` =

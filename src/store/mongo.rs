@@ -542,4 +542,16 @@ impl TaskStore for MongoStore {
     async fn dead_letters(&self, query: &super::DeadLetterQuery) -> Result<Vec<super::DeadLetter>, StoreError> {
         self.dead_letters_impl(query).await
     }
+
+    async fn count_stale(&self, after: Duration) -> Result<Vec<super::StaleCount>, StoreError> {
+        self.count_stale_impl(after).await
+    }
+
+    async fn republish_stale(&self, topic: &str, after: Duration, limit: u32) -> Result<u64, StoreError> {
+        self.republish_stale_impl(topic, after, limit).await
+    }
+
+    async fn owe_publish_again(&self, task_ids: &[String], grace: Duration) -> Result<u64, StoreError> {
+        self.owe_publish_again_impl(task_ids, grace).await
+    }
 }

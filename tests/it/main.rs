@@ -15,6 +15,7 @@ mod helpers;
 mod http2;
 mod leaks;
 mod lifecycle;
+mod lost_messages;
 mod metrics_format;
 mod openapi_examples;
 mod publishing;
