@@ -439,7 +439,9 @@ impl TaskStore for MongoStore {
             .set("retries", 0)
             .after("publish_due_at", hold)
             .set("substatus", bson::Bson::Null);
-        for field in ["completed_at", "next_attempt_at", "error_message", "error_code", "result", "lease_until", "expire_at"] {
+        for field in
+            ["completed_at", "next_attempt_at", "error_message", "error_code", "result", "lease_until", "expire_at"]
+        {
             change = change.unset(field);
         }
         let update = audit(change, "retry", by, self.clock.now());
@@ -527,7 +529,12 @@ impl TaskStore for MongoStore {
         self.statistics_impl().await
     }
 
-    async fn mark_expired(&self, scope: &super::TopicScope, retention: Duration, limit: u32) -> Result<u64, StoreError> {
+    async fn mark_expired(
+        &self,
+        scope: &super::TopicScope,
+        retention: Duration,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
         self.mark_expired_impl(scope, retention, limit).await
     }
 

@@ -45,7 +45,11 @@ pub fn task_indexes() -> Vec<IndexModel> {
         // The relay's take of owed publishes. Only tasks owing one carry the field (those a
         // publish debt stands for never do), and the take's range starts at the epoch, which
         // implies the filter.
-        partial(doc! {"publish_due_at": 1}, "publish_owed", doc! {"publish_due_at": {"$gte": BsonDate::from_millis(0)}}),
+        partial(
+            doc! {"publish_due_at": 1},
+            "publish_owed",
+            doc! {"publish_due_at": {"$gte": BsonDate::from_millis(0)}},
+        ),
         // Expired leases: only running tasks hold one.
         partial(doc! {"status": 1, "lease_until": 1}, "lease_processing", doc! {"status": "processing"}),
         // Owed reports (due, counted), given-up reports (counted): every query names the state.

@@ -98,7 +98,7 @@ mod tests {
         let bound = bson::DateTime::from_millis(10_000);
         let task = |status: &str, at: i64, state: &str| {
             doc! {"_id": "t", "status": status, "completed_at": bson::DateTime::from_millis(at),
-                  "camunda": {"report_state": state}}
+            "camunda": {"report_state": state}}
         };
         assert!(eligible(&task("succeeded", 9_000, "not_applicable"), bound));
         assert!(eligible(&task("cancelled", 10_000, "report_failed"), bound));

@@ -168,9 +168,8 @@ async fn statistics_answer_from_a_cache_that_shows_its_age() {
         assert!(cached["age_seconds"].as_f64() > first["age_seconds"].as_f64(), "{cached}");
     }
     // Past it, a request starts a count in the background and a later one gets its figures.
-    let fresh = app
-        .wait_for("the statistics to be counted again", WAIT, |s| s["total_tasks"] == 3, "/tasks/statistics")
-        .await;
+    let fresh =
+        app.wait_for("the statistics to be counted again", WAIT, |s| s["total_tasks"] == 3, "/tasks/statistics").await;
     assert_ne!(fresh["computed_at"], first["computed_at"]);
     assert_eq!(fresh["by_status"]["succeeded"], 3, "{fresh}");
     assert_eq!(fresh["by_topic"]["say_hello"], 3, "{fresh}");

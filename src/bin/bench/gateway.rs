@@ -100,6 +100,17 @@ impl Gateway {
     /// Starts a gateway named `name` in `mode` (all | api | worker) on the topics of `topics_dir`
     /// and waits until `/health` says MongoDB and RabbitMQ are both up.
     pub async fn start(ctx: &Ctx, name: &str, mode: &str, topics_dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(ctx, name, mode, topics_dir, &[]).await
+    }
+
+    /// [`Self::start`] with extra environment variables (set last, so they override).
+    pub async fn start_with(
+        ctx: &Ctx,
+        name: &str,
+        mode: &str,
+        topics_dir: &Path,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let database = ctx.name(name);
         let exchange = database.clone();
         ctx.remember_database(&database);
@@ -123,6 +134,9 @@ impl Gateway {
             .env("LOG_FORMAT", "json")
             // The bench stops gateways with work in hand; it need not wait for it.
             .env("SHUTDOWN_GRACE_SECONDS", "1")
+            // The phases check their counts against /tasks/statistics: counted for each request.
+            .env("STATISTICS_MAX_AGE_SECONDS", "0")
+            .envs(extra.iter().copied())
             // The scratch folder holds no .env, so the gateway reads nothing but the above.
             .current_dir(&ctx.tmp)
             .stdin(Stdio::null())

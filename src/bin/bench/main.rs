@@ -10,6 +10,7 @@
 //! queues, exchanges) carries a unique prefix and is removed at the end.
 
 mod gateway;
+mod growth;
 mod limits;
 mod load;
 mod open_loop;
@@ -26,7 +27,7 @@ use setup::{Ctx, Phase, Plan};
 
 const USAGE: &str = "\
 usage: bench [--smoke] [--runs N] [--duration SECS] [--e2e-tasks N] [--memory-tasks N] [--gateway PATH]
-             [--phases LIST]
+             [--phases LIST] [--stats-tasks N]
 
   --smoke           short run for CI: small counts, 1 run; prints the table, judges nothing
   --runs N          repeat every measurement N times and print medians (default 1)
@@ -34,8 +35,10 @@ usage: bench [--smoke] [--runs N] [--duration SECS] [--e2e-tasks N] [--memory-ta
   --e2e-tasks N     say_hello tasks in the end-to-end phase (default 5000, smoke 200)
   --memory-tasks N  tasks queued / in flight for the memory figures (default 10000, smoke 200)
   --gateway PATH    gateway binary (default: worker-api-gateway next to this binary)
-  --phases LIST     comma-separated subset of limits,submit,overload,queued,e2e,inflight (default: all);
-                    figures of phases not run, and ratios needing them, are shown as –
+  --phases LIST     comma-separated subset of limits,indexes,submit,overload,queued,e2e,inflight (default:
+                    all of these), plus statistics (never by default); figures of phases not run, and
+                    ratios needing them, are shown as –
+  --stats-tasks N   tasks in the statistics phase's large store (default 200000; the small one has 2000)
 
 Needs MONGODB_URI and RABBITMQ_URL (source .services/env) and wrk on the PATH.";
 
@@ -52,7 +55,7 @@ fn parse_args() -> anyhow::Result<(Plan, Option<PathBuf>)> {
                 println!("{USAGE}");
                 std::process::exit(0);
             }
-            "--runs" | "--duration" | "--e2e-tasks" | "--memory-tasks" | "--gateway" | "--phases" => {
+            "--runs" | "--duration" | "--e2e-tasks" | "--memory-tasks" | "--gateway" | "--phases" | "--stats-tasks" => {
                 let value = args.next().with_context(|| format!("{arg} needs a value\n{USAGE}"))?;
                 if arg == "--gateway" {
                     gateway = Some(PathBuf::from(value));
@@ -87,6 +90,7 @@ fn parse_args() -> anyhow::Result<(Plan, Option<PathBuf>)> {
             "--duration" => plan.wrk_duration_s = n,
             "--e2e-tasks" => plan.e2e_tasks = n as usize,
             "--memory-tasks" => plan.memory_tasks = n as usize,
+            "--stats-tasks" => plan.stats_large = n as usize,
             _ => unreachable!("only the flags matched above are collected"),
         }
     }
@@ -116,6 +120,8 @@ async fn run_once(ctx: &Ctx, run: &mut Run, tag: &str) -> anyhow::Result<()> {
         gateway::wait_for_idle_store().await;
         match phase {
             Phase::Limits => scenarios::limits(ctx, run, tag).await.context("raw limits")?,
+            Phase::Indexes => growth::index_costs(ctx, run, tag).await.context("insert cost of the indexes")?,
+            Phase::Statistics => growth::statistics(ctx, run, tag).await.context("statistics latency")?,
             Phase::Submit => scenarios::submit_load(ctx, run, tag).await.context("submit throughput and latency")?,
             Phase::Overload => scenarios::overload(ctx, run, tag).await.context("submit overload")?,
             Phase::Queued => scenarios::memory_queued(ctx, run, tag).await.context("memory with tasks queued")?,

@@ -49,9 +49,18 @@ pub enum M {
     RatioSubmitPublish,
     RatioOverloadPeak,
     LoadAvg,
+    IndexCount,
+    IndexInsertNone,
+    IndexInsertAll,
+    RatioIndexes,
+    StatsSmallFirst,
+    StatsSmall,
+    StatsLargeFirst,
+    StatsLarge,
+    RatioStats,
 }
 
-const ALL: [M; 42] = [
+const ALL: [M; 51] = [
     M::MongoSingle1,
     M::MongoSingleN,
     M::MongoSingle,
@@ -93,12 +102,22 @@ const ALL: [M; 42] = [
     M::RatioSubmitSingle,
     M::RatioSubmitPublish,
     M::RatioOverloadPeak,
+    M::IndexCount,
+    M::IndexInsertNone,
+    M::IndexInsertAll,
+    M::RatioIndexes,
+    M::StatsSmallFirst,
+    M::StatsSmall,
+    M::StatsLargeFirst,
+    M::StatsLarge,
+    M::RatioStats,
     M::LoadAvg,
 ];
 
 enum Target {
     None,
     AtLeast(f64),
+    AtMost(f64),
     Below(f64),
 }
 
@@ -167,6 +186,17 @@ fn describe(m: M, p: &Plan) -> (String, &'static str, usize, Target) {
         M::RatioSubmitPublish => ("ratio: submit / confirmed-publish limit".into(), "", 2, Target::None),
         M::RatioOverloadPeak => ("ratio: admitted under overload / submit throughput".into(), "", 2, Target::None),
         M::LoadAvg => ("machine load average (1 min) at the end of the run".into(), "", 2, Target::None),
+        M::IndexCount => ("secondary indexes on tasks".into(), "", 0, Target::None),
+        M::IndexInsertNone => {
+            (format!("insert_many of {BATCH} task documents, no secondary index"), "ms", 1, Target::None)
+        }
+        M::IndexInsertAll => ("  the same with the gateway's indexes".into(), "ms", 1, Target::None),
+        M::RatioIndexes => ("ratio: insert with the indexes / without".into(), "", 2, Target::AtMost(1.5)),
+        M::StatsSmallFirst => (format!("statistics, {} tasks: first answer", p.stats_small), "ms", 1, Target::None),
+        M::StatsSmall => ("  median of 100 answers after it".into(), "ms", 2, Target::None),
+        M::StatsLargeFirst => (format!("statistics, {} tasks: first answer", p.stats_large), "ms", 1, Target::None),
+        M::StatsLarge => ("  median of 100 answers after it".into(), "ms", 2, Target::None),
+        M::RatioStats => ("ratio: statistics median, large store / small".into(), "", 2, Target::None),
     }
 }
 
@@ -186,6 +216,8 @@ fn derive_ratios(run: &mut Run) {
         (M::RatioSubmitSingle, M::SubmitPeak, M::MongoSingle),
         (M::RatioSubmitPublish, M::SubmitPeak, M::RabbitPublish),
         (M::RatioOverloadPeak, M::OverloadAdmitted, M::SubmitPeak),
+        (M::RatioIndexes, M::IndexInsertAll, M::IndexInsertNone),
+        (M::RatioStats, M::StatsLarge, M::StatsSmall),
     ];
     for (ratio, gateway, limit) in pairs {
         if let (Some(g), Some(l)) = (run.get(&gateway), run.get(&limit))
@@ -246,6 +278,7 @@ pub fn table(plan: &Plan, runs: &[Run]) -> String {
         let (target_text, met) = match (target, summary) {
             (Target::None, _) => (String::new(), String::new()),
             (Target::AtLeast(t), v) => (format!("≥ {t:.decimals$}"), verdict(plan, runs, v.map(|v| v >= t))),
+            (Target::AtMost(t), v) => (format!("≤ {t:.decimals$}"), verdict(plan, runs, v.map(|v| v <= t))),
             (Target::Below(t), v) => (format!("< {t:.0}"), verdict(plan, runs, v.map(|v| v < t))),
         };
         row.extend([target_text, met]);

@@ -45,6 +45,10 @@ pub struct Plan {
     pub memory_tasks: usize,
     /// The phases to run (`--phases`); all of them by default.
     pub phases: Vec<Phase>,
+    /// Tasks in the small and the large store of the statistics phase (`--stats-tasks` sets the
+    /// large one).
+    pub stats_small: usize,
+    pub stats_large: usize,
 }
 
 /// The parts of a run, in the order they run.
@@ -56,11 +60,23 @@ pub enum Phase {
     Queued,
     EndToEnd,
     InFlight,
+    /// Insert cost of the secondary indexes.
+    Indexes,
+    /// Statistics latency over a small and a large store: only when `--phases` names it.
+    Statistics,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 6] =
-        [Phase::Limits, Phase::Submit, Phase::Overload, Phase::Queued, Phase::EndToEnd, Phase::InFlight];
+    /// The default phases (not [`Phase::Statistics`]: filling its large store takes minutes).
+    pub const ALL: [Phase; 7] = [
+        Phase::Limits,
+        Phase::Indexes,
+        Phase::Submit,
+        Phase::Overload,
+        Phase::Queued,
+        Phase::EndToEnd,
+        Phase::InFlight,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -70,11 +86,13 @@ impl Phase {
             Phase::Queued => "queued",
             Phase::EndToEnd => "e2e",
             Phase::InFlight => "inflight",
+            Phase::Indexes => "indexes",
+            Phase::Statistics => "statistics",
         }
     }
 
     pub fn parse(name: &str) -> Option<Phase> {
-        Phase::ALL.into_iter().find(|p| p.name() == name)
+        Phase::ALL.into_iter().chain([Phase::Statistics]).find(|p| p.name() == name)
     }
 }
 
@@ -101,6 +119,8 @@ impl Plan {
             e2e_tasks: 5000,
             memory_tasks: 10_000,
             phases: Phase::ALL.to_vec(),
+            stats_small: 2_000,
+            stats_large: 200_000,
         }
     }
 
