@@ -16,7 +16,7 @@ use crate::{
     intake::Intake,
     metrics::Metrics,
     relay::Relay,
-    store::{MongoStore, TaskStore},
+    store::{MongoStore, StoreHealth, TaskStore},
     topics::{NativeDeps, NovaPublicacao, Registry, SpecDefaults},
 };
 
@@ -71,6 +71,9 @@ impl Application {
         broker.check_tls().await.map_err(anyhow::Error::msg)?;
         let metrics = Metrics::new();
         let stop = CancellationToken::new();
+        // A store that cannot commit a majority write turns /health unhealthy (store::health).
+        let store_health =
+            StoreHealth::start(store.database().clone(), settings.mongodb.write_timeout, stop.child_token());
         let store: Arc<dyn TaskStore> = Arc::new(store);
         let mut dispatcher =
             Dispatcher::new(store.clone(), registry.clone(), metrics.clone(), settings.limits, stop.child_token());
@@ -111,6 +114,7 @@ impl Application {
             intake,
             auth,
             statistics: crate::statistics::StatisticsCache::new(store_for_statistics, settings_statistics),
+            store_health,
         };
         Ok(Self { listener, tls, state, broker, dispatcher, reporter, stop })
     }

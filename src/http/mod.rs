@@ -40,6 +40,8 @@ pub struct AppState {
     pub auth: crate::auth::Auth,
     /// The cached aggregate `GET /tasks/statistics` answers from.
     pub statistics: crate::statistics::StatisticsCache,
+    /// Whether the store commits majority writes (its probe's last verdict, for `/health`).
+    pub store_health: crate::store::StoreHealth,
 }
 
 #[derive(OpenApi)]

@@ -40,9 +40,13 @@ pub async fn root() -> Json<RootView> {
 #[derive(Serialize, ToSchema)]
 pub struct HealthView {
     /// healthy, degraded (RabbitMQ or Camunda down, or a topic's queue not consumed: tasks are
-    /// still accepted) or unhealthy (MongoDB down).
+    /// still accepted) or unhealthy (MongoDB down, or it cannot commit a majority write).
     pub status: &'static str,
+    /// healthy or unhealthy: answers a ping and commits majority writes.
     pub mongodb: &'static str,
+    /// The write probe's last verdict: up, no_majority (a primary, but no majority within
+    /// `MONGODB_WRITE_TIMEOUT_MS`), down (no primary took the write) or unknown (not probed yet).
+    pub mongodb_writes: &'static str,
     pub rabbitmq: &'static str,
     /// Per topic, whether its queue is being consumed (absent where nothing consumes,
     /// `GATEWAY_MODE=api`). A topic not consumed makes the status `degraded`: the others flow.
@@ -64,14 +68,18 @@ fn word(ok: bool) -> &'static str {
     if ok { "healthy" } else { "unhealthy" }
 }
 
-/// 200 while tasks can be accepted (MongoDB reachable), 503 otherwise.
+/// 200 while tasks can be accepted (MongoDB reachable and committing majority writes), 503
+/// otherwise.
 #[utoipa::path(get, path = "/health", tag = "system", responses(
     (status = 200, body = HealthView, description = "healthy or degraded"),
-    (status = 503, body = HealthView, description = "MongoDB unreachable"),
+    (status = 503, body = HealthView, description = "MongoDB unreachable or not committing majority writes"),
 ))]
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     // Bounded so a hung store cannot hang the health check.
-    let mongo = matches!(tokio::time::timeout(Duration::from_secs(3), state.store.ping()).await, Ok(Ok(())));
+    let pinged = matches!(tokio::time::timeout(Duration::from_secs(3), state.store.ping()).await, Ok(Ok(())));
+    // A ping answers from any node; the probe says whether a majority write commits.
+    let writes = state.store_health.writes();
+    let mongo = pinged && !writes.failing();
     let rabbit = state.broker.is_connected();
     let camunda = match &state.camunda {
         Some(client) => Some(word(client.ping().await)),
@@ -87,6 +95,7 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let view = HealthView {
         status,
         mongodb: word(mongo),
+        mongodb_writes: writes.as_str(),
         rabbitmq: word(rabbit),
         topics: consumers.topics.into_iter().map(|(topic, s)| (topic, s.into())).collect(),
         dead_letters: consumers.dead_letters.map(Into::into),

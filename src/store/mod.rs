@@ -3,6 +3,7 @@
 //! about what the gateway needs, not about MongoDB, so a second backend can slot in.
 
 mod clock;
+mod health;
 mod dead_letter;
 mod mongo;
 mod mongo_batch;
@@ -23,6 +24,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 pub use dead_letter::{DeadLetter, DeadLetterQuery};
+pub use health::{HEALTH_COLLECTION, StoreHealth, WriteHealth};
 pub use mongo::{MongoStore, durable_write_concern};
 pub use mongo_docs::lease_for;
 pub use mongo_retention::TopicScope;

@@ -61,7 +61,9 @@ impl MongoStore {
         options.server_selection_timeout = Some(settings.timeout);
         options.connect_timeout = Some(settings.timeout);
         options.max_pool_size = Some(settings.max_pool_size);
-        options.app_name = Some("worker-api-gateway".into());
+        // An `appName` in the URI wins: it names the replica in the server's logs and lets a
+        // failpoint (`configureFailPoint` with `data.appName`) target one gateway.
+        options.app_name.get_or_insert_with(|| "worker-api-gateway".into());
         // "200 means stored" must survive a crash of the server too: without a journaled write
         // concern an acknowledged write can sit in the server's log buffer and vanish with a
         // SIGKILL (seen with the test server: a claim acknowledged, then gone after the restart).

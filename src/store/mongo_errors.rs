@@ -93,6 +93,18 @@ pub(crate) fn classify(e: mongodb::error::Error) -> StoreError {
     }
 }
 
+/// Whether the write reached a primary but its write concern failed (no majority in time):
+/// the health probe's "no majority", as against "no primary".
+pub(crate) fn is_write_concern_failure(e: &mongodb::error::Error) -> bool {
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteConcernError(_)) => true,
+        ErrorKind::InsertMany(many) => many.write_concern_error.is_some(),
+        ErrorKind::BulkWrite(bulk) => !bulk.write_concern_errors.is_empty(),
+        ErrorKind::Command(c) => c.code == 64,
+        _ => false,
+    }
+}
+
 pub(crate) fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
     match e.kind.as_ref() {
         ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
@@ -206,6 +218,14 @@ mod tests {
             assert!(is_unavailable(&error.kind, |l| l == label), "{label}");
         }
         assert!(!is_unavailable(&error.kind, |_| false));
+    }
+
+    #[test]
+    fn write_concern_failures_are_told_from_missing_primaries() {
+        let wtimeout = doc! {"code": 64, "errmsg": "m", "errInfo": {"wtimeout": true}};
+        assert!(is_write_concern_failure(&write_concern(wtimeout)));
+        assert!(is_write_concern_failure(&command(64)));
+        assert!(!is_write_concern_failure(&command(10107)));
     }
 
     #[test]
