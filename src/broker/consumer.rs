@@ -143,7 +143,7 @@ pub(super) async fn run(ctx: Arc<Ctx>, consumers: Vec<TopicConsumer>, grace: Dur
                 last = Some(conn);
                 break;
             }
-            Err(error) => tracing::warn!(%error, "rabbitmq consumer connection lost"),
+            Err(error) => tracing::warn!(%error, side = "consumers", "rabbitmq connection lost"),
         }
         let _ = shared_tx.send(None);
         if !ctx.pause(backoff.next_wait()).await {

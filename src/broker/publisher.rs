@@ -82,7 +82,7 @@ impl Publisher {
             match self.session(&endpoint, &stop, &mut backoff).await {
                 Ok(()) => break,
                 Err(error) => {
-                    tracing::warn!(%error, "rabbitmq publisher connection lost");
+                    tracing::warn!(%error, side = "publisher", "rabbitmq connection lost");
                 }
             }
             tokio::select! {

@@ -1,8 +1,12 @@
 //! RabbitMQ faults: the app stopped, the VM killed, every connection closed, the VM frozen past
-//! two heartbeats, and a memory alarm that blocks publishers. Submissions go on throughout; the
-//! relay publishes what the broker could not take, and every acknowledged task runs once.
+//! two heartbeats, a memory alarm that blocks publishers, and one topic's queue deleted under
+//! load. Submissions go on throughout; the relay publishes what the broker could not take, and
+//! every acknowledged task runs once.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
 
 use crate::{
     checker::{conclude, ids, n, submit_all, submit_in_background, wait_progress},
@@ -186,4 +190,69 @@ async fn rabbitmq_memory_alarm_blocks_publishers_without_slowing_submits() {
         ),
     ];
     conclude("RabbitMQ memory alarm blocks publishers, then clears", started, gw, &recorder, submitted, notes).await;
+}
+
+/// How many of `ids` the handler stand-in has run.
+fn executed(recorder: &Recorder, ids: &HashSet<String>) -> usize {
+    recorder.runs().keys().filter(|id| ids.contains(*id)).count()
+}
+
+/// The longest time, within `window`, that none of `ids` started running while some were left.
+async fn longest_stall(recorder: &Recorder, ids: &HashSet<String>, window: Duration) -> (Duration, usize) {
+    let started = Instant::now();
+    let first = executed(recorder, ids);
+    let (mut last, mut since, mut longest) = (first, Instant::now(), Duration::ZERO);
+    while started.elapsed() < window && last < ids.len() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = executed(recorder, ids);
+        if now > last {
+            (last, since) = (now, Instant::now());
+        }
+        longest = longest.max(since.elapsed());
+    }
+    (longest, last - first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_topic_queue_deleted_mid_run_stops_no_other_topic_and_loses_nothing() {
+    const DOOMED: &str = "doomed";
+    let lab = lab().await;
+    let started = Instant::now();
+    let recorder = Recorder::start(&lab.creds.api_key).await;
+    let mut topics = Vec::new();
+    for topic in [TOPIC, DOOMED] {
+        recorder.behave(topic, Behavior::ok(Duration::from_millis(20)));
+        topics.push((topic.to_owned(), recorder.topic(topic, &lab.creds.api_key, 30, 8, 5)));
+    }
+    // The messages in the queue when it goes are lost with it; the store re-sends their tasks
+    // once they have waited this long without a delivery.
+    let vars = vec![("REPUBLISH_AFTER_SECONDS".to_owned(), "10".to_owned())];
+    let mut gw = Gateway::start(&lab, "rabbit_delete_queue", Setup { topics, vars, ..Default::default() }).await;
+    let (work, doomed) = (ids("delq-work", n()), ids("delq-doomed", n()));
+    let work_set: HashSet<String> = work.iter().cloned().collect();
+    // The other topic is submitted more slowly, so it is still flowing when the queue goes.
+    let (_, work_during) = submit_in_background(&gw.api, TOPIC, work, 2);
+    let (progress, doomed_during) = submit_in_background(&gw.api, DOOMED, doomed, 8);
+    wait_progress(&progress, n() / 3, Duration::from_secs(120)).await;
+
+    let queue = format!("{}.task.submit.{DOOMED}", gw.exchange);
+    rabbitmqctl(&["delete_queue", &queue]).await.expect("rabbitmqctl delete_queue");
+    let (stall, ran) = longest_stall(&recorder, &work_set, Duration::from_secs(10)).await;
+    let health = gw
+        .wait_health("the doomed topic consumed again", Duration::from_secs(60), |h| {
+            h["topics"][DOOMED]["consuming"] == true && h["topics"][DOOMED]["restarts"].as_u64() >= Some(1)
+        })
+        .await;
+    assert_eq!(health["topics"][TOPIC]["restarts"], 0, "the other topic's consumer was restarted: {health}");
+    assert!(stall < Duration::from_secs(3), "the other topic stalled {stall:?} after the queue was deleted");
+    let mut submitted = work_during.await.expect("submitter");
+    submitted.merge(doomed_during.await.expect("submitter"));
+
+    let notes = vec![format!(
+        "other topic: {ran} run in the 10 s after the delete, longest stall {:.1} s; doomed topic restarted {}",
+        stall.as_secs_f64(),
+        health["topics"][DOOMED]["restarts"]
+    )];
+    conclude("a topic's queue deleted mid-run (`rabbitmqctl delete_queue`)", started, gw, &recorder, submitted, notes)
+        .await;
 }
