@@ -120,7 +120,8 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     }
     let ready = |h: Value| {
         let consuming = h["topics"].as_object().is_none_or(|t| t.values().all(|s| s["consuming"] == true));
-        h["rabbitmq"] == "healthy" && consuming
+        let dead_letters = h["dead_letters"].is_null() || h["dead_letters"]["consuming"] == true;
+        h["rabbitmq"] == "healthy" && consuming && dead_letters
     };
     test_app.wait_for("rabbitmq connected", Duration::from_secs(20), ready, "/health").await;
     test_app
