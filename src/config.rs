@@ -115,6 +115,8 @@ pub struct CamundaSettings {
     pub password: Option<Secret>,
     /// `CAMUNDA_WORKER_ID` (worker-api-gateway): worker id for pull mode.
     pub worker_id: String,
+    /// `CAMUNDA_REPORT_*`: how owed reports are re-sent and when they are given up.
+    pub report: crate::camunda::ReportPolicy,
 }
 
 impl fmt::Debug for CamundaSettings {
@@ -124,6 +126,7 @@ impl fmt::Debug for CamundaSettings {
             .field("username", &self.username)
             .field("password", &self.password)
             .field("worker_id", &self.worker_id)
+            .field("report", &self.report)
             .finish()
     }
 }
@@ -236,6 +239,7 @@ impl Settings {
                     username: r.get("CAMUNDA_USERNAME").map(str::to_owned),
                     password: r.get("CAMUNDA_PASSWORD").map(Secret::new),
                     worker_id: r.get("CAMUNDA_WORKER_ID").unwrap_or("worker-api-gateway").to_owned(),
+                    report: crate::camunda::ReportPolicy::from_vars(vars)?,
                 })
             }
         };

@@ -45,6 +45,12 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// A report state the gauges count: `pending` (owed) or `report_failed` (given up).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReportStateLabel {
+    pub state: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReportLabels {
     pub topic: String,
@@ -71,6 +77,11 @@ pub struct Metrics {
     pub intake_batch_seconds: Histogram,
     /// What became of each attempt to report a final outcome to Camunda.
     pub camunda_reports: Family<ReportLabels, Counter>,
+    /// Reports owed to Camunda (`pending`) and given up (`report_failed`), as the store counts
+    /// them every few seconds (`camunda::Reporter`); every replica shows the same store-wide count.
+    pub camunda_reports_by_state: Family<ReportStateLabel, Gauge>,
+    /// Age of the oldest owed report, from its task's completion (0 when none is owed).
+    pub camunda_oldest_pending_report_seconds: Gauge<f64, AtomicU64>,
     /// The intake's recent batch time: an exponentially weighted average (each batch weighs a
     /// fifth), read by load shedding.
     pub intake_batch_seconds_recent: Gauge<f64, AtomicU64>,
@@ -113,6 +124,8 @@ impl Metrics {
         let intake_batch_size = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]);
         let intake_batch_seconds = duration_histogram();
         let camunda_reports = Family::<ReportLabels, Counter>::default();
+        let camunda_reports_by_state = Family::<ReportStateLabel, Gauge>::default();
+        let camunda_oldest_pending_report_seconds = Gauge::<f64, AtomicU64>::default();
         let intake_batch_seconds_recent = Gauge::<f64, AtomicU64>::default();
         let submits_admitted = Gauge::default();
         let rate_limited = Family::<CallerLabel, Counter>::default();
@@ -130,6 +143,17 @@ impl Metrics {
         registry.register("intake_batch_size", "Tasks stored per intake batch", intake_batch_size.clone());
         registry.register("intake_batch_seconds", "Store time per intake batch", intake_batch_seconds.clone());
         registry.register("camunda_reports", "Attempts to report a final outcome to Camunda", camunda_reports.clone());
+        // Not `camunda_reports{state}`: that name is the counter's family already.
+        registry.register(
+            "camunda_reports_by_state",
+            "Reports to Camunda owed (pending) or given up (report_failed)",
+            camunda_reports_by_state.clone(),
+        );
+        registry.register(
+            "camunda_oldest_pending_report_seconds",
+            "Age of the oldest report owed to Camunda, from its task's completion",
+            camunda_oldest_pending_report_seconds.clone(),
+        );
         registry.register(
             "intake_batch_seconds_recent",
             "Recent store time per intake batch (weighted average)",
@@ -153,6 +177,8 @@ impl Metrics {
             intake_batch_size,
             intake_batch_seconds,
             camunda_reports,
+            camunda_reports_by_state,
+            camunda_oldest_pending_report_seconds,
             intake_batch_seconds_recent,
             submits_admitted,
             rate_limited,
@@ -172,6 +198,15 @@ impl Metrics {
         self.intake_batch_seconds.observe(seconds);
         let recent = self.intake_batch_seconds_recent.get();
         self.intake_batch_seconds_recent.set(if recent == 0.0 { seconds } else { recent + (seconds - recent) / 5.0 });
+    }
+
+    /// Sets the report gauges from the store's latest count.
+    pub fn camunda_report_states(&self, owed: u64, failed: u64, oldest_owed_seconds: f64) {
+        for (state, n) in [("pending", owed), ("report_failed", failed)] {
+            let gauge = self.camunda_reports_by_state.get_or_create(&ReportStateLabel { state: state.to_owned() });
+            gauge.set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        self.camunda_oldest_pending_report_seconds.set(oldest_owed_seconds);
     }
 
     /// Counts a request refused by `caller`'s rate limit.

@@ -87,8 +87,10 @@ impl Application {
             }
             None => None,
         };
-        let reporter =
-            camunda.clone().map(|client| Reporter::new(client, store.clone(), registry.clone(), metrics.clone()));
+        let reporter = camunda
+            .clone()
+            .zip(settings.camunda.as_ref())
+            .map(|(client, c)| Reporter::new(client, store.clone(), registry.clone(), metrics.clone(), c.report));
         if let Some(reporter) = &reporter {
             dispatcher = dispatcher.with_reporter(reporter.clone());
         }

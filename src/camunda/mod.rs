@@ -5,6 +5,8 @@
 mod bpmn;
 mod client;
 mod poller;
+mod report_gauges;
+mod report_policy;
 mod reporter;
 mod rest;
 pub mod variables;
@@ -12,4 +14,5 @@ pub mod variables;
 pub use bpmn::ErrorCatchers;
 pub use client::{CamundaClient, CamundaError, ExternalTaskInfo, LockedTask, TaskFate};
 pub use poller::Poller;
+pub use report_policy::ReportPolicy;
 pub use reporter::Reporter;

@@ -1,11 +1,19 @@
 //! Pull mode: for topics whose file says `source = "camunda"`, the gateway fetches and locks
 //! tasks itself (long polling, batched), stores each as a submission (idempotent on the external
-//! task id), keeps the locks of unfinished tasks extended well before they run out, and on
-//! shutdown stops fetching and hands back (unlocks) what it locked but never started.
+//! task id), keeps the locks extended well before they run out, and on shutdown stops fetching
+//! and hands back (unlocks) what it locked but never started.
+//!
+//! A lock is kept while the task runs and while its report is owed (pending), so no other worker
+//! takes a task whose outcome is on its way. Once a report is given up (`report_failed`: Camunda
+//! refused it, or it outlived `CAMUNDA_REPORT_MAX_AGE_HOURS`), the lock is no longer extended and
+//! lapses; it is not unlocked, because an unlock clears the lock's worker id and Camunda then
+//! refuses a later re-send by hand (`POST /tasks/{id}/report`) from this worker. When Camunda
+//! offers such a task again and this gateway fetches it, its report is owed again under the fresh
+//! lock (audited as `camunda (offered again)`) instead of the task sitting locked and ignored;
+//! the handler does not run again.
 
 use std::{sync::Arc, time::Duration};
 
-use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use super::client::CamundaClient;
@@ -14,7 +22,7 @@ use crate::{
     domain::{Limits, Submission},
     metrics::Metrics,
     relay::{PUBLISH_HOLD, publish_held},
-    store::{CamundaLink, InsertOutcome, NewTask, ReportOutcome, TaskSource, TaskStore, TransitionError},
+    store::{CamundaLink, InsertOutcome, NewTask, ReportOutcome, ReportState, TaskSource, TaskStore, TransitionError},
     topics::{Registry, Source},
 };
 
@@ -110,7 +118,7 @@ impl Poller {
         let Some(topic) = self.registry.get(submission.topic.as_str()) else { return };
         let mut link = CamundaLink::pending();
         link.lock_expires_at =
-            Some(bson::DateTime::from_chrono(Utc::now() + chrono::Duration::from_std(lock).unwrap_or_default()));
+            Some(bson::DateTime::from_chrono(self.store.now() + chrono::Duration::from_std(lock).unwrap_or_default()));
         link.process_instance_id = task.process_instance_id.clone();
         link.pulled_by = Some(self.replica.clone());
         let new = NewTask {
@@ -127,9 +135,19 @@ impl Poller {
             Ok(InsertOutcome::Existing(record)) | Ok(InsertOutcome::Conflict(record)) => {
                 let _ = self
                     .store
-                    .set_lock_expiry(&task.id, Utc::now() + chrono::Duration::from_std(lock).unwrap_or_default())
+                    .set_lock_expiry(&task.id, self.store.now() + chrono::Duration::from_std(lock).unwrap_or_default())
                     .await;
-                if record.status == crate::domain::TaskStatus::Cancelled {
+                if record.status.is_final() && record.camunda.report_state == ReportState::ReportFailed {
+                    // Given up earlier; now this gateway holds the lock again, so the outcome
+                    // it already has can land.
+                    match self.store.resend_report(&task.id, "camunda (offered again)").await {
+                        Ok(_) => {
+                            tracing::info!(task_id = %task.id, "task offered again: its failed report is owed again")
+                        }
+                        Err(error) => tracing::warn!(%error, task_id = %task.id, "could not owe a failed report again"),
+                    }
+                    None
+                } else if record.status == crate::domain::TaskStatus::Cancelled {
                     match self.store.manual_retry(&task.id, PUBLISH_HOLD, "camunda (offered again)", false).await {
                         Ok(revived) => Some(Box::new(revived)),
                         Err(TransitionError::WrongState(_)) | Err(TransitionError::NotFound) => None,
@@ -154,7 +172,8 @@ impl Poller {
         }
     }
 
-    /// Extends the lock of every unfinished pulled task when half its lock has run out. It looks
+    /// Extends the lock of every pulled task whose report is pending (running, or final with
+    /// its report owed) when half its lock has run out. It looks
     /// every eighth of the shortest lock, so a lock is seen with at least three eighths left: room
     /// for a slow store or a slow Camunda before it lapses.
     async fn keep_locks(self, topics: Vec<(String, Duration)>, cancel: CancellationToken) {
@@ -162,7 +181,8 @@ impl Poller {
         let tick = (shortest / 8).max(Duration::from_millis(250));
         loop {
             tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(tick) => {} }
-            let horizon = Utc::now() + chrono::Duration::from_std(shortest / 2).unwrap_or_default();
+            // Lock times are written and compared on the store's clock, whichever replica looks.
+            let horizon = self.store.now() + chrono::Duration::from_std(shortest / 2).unwrap_or_default();
             let expiring = match self.store.locks_expiring(horizon, 200).await {
                 Ok(t) => t,
                 Err(error) => {
@@ -174,7 +194,7 @@ impl Poller {
                 let lock = topics.iter().find(|(n, _)| *n == task.topic).map(|(_, d)| *d).unwrap_or(shortest);
                 // Camunda starts the new lock when it takes the request, so it runs out no sooner
                 // than this; writing down a later time could let it lapse unseen.
-                let asked = Utc::now();
+                let asked = self.store.now();
                 match self.client.extend_lock(&task.task_id, &task.worker_id, lock).await {
                     Ok(()) => {
                         let until = asked + chrono::Duration::from_std(lock).unwrap_or_default();

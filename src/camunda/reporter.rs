@@ -7,7 +7,10 @@
 //! pulled task that never started, an unlock. A report is taken by one conditional update before
 //! it is sent, so the dispatcher's inline report and the relay's sweep never both send it. When
 //! Camunda no longer knows the task, its history decides: ended by us on an earlier send
-//! (`reported`), by another hand (`completed_elsewhere`), or deleted (`report_failed`).
+//! (`reported`), by another hand (`completed_elsewhere`), or deleted (`report_failed`). When
+//! Camunda cannot take a report (5xx, network), it is sent again with backoff until it reaches
+//! its maximum age ([`ReportPolicy`]); only then is it `report_failed`, which an operator can
+//! re-send (`POST /tasks/{id}/report`). Whether a report is due is the store's call, by its clock.
 
 use std::{
     collections::HashMap,
@@ -15,11 +18,11 @@ use std::{
     time::Duration,
 };
 
-use chrono::Utc;
-
 use super::{
     bpmn::ErrorCatchers,
     client::{CamundaClient, CamundaError, TaskFate},
+    report_gauges::ReportGauges,
+    report_policy::ReportPolicy,
 };
 use crate::{
     domain::TaskStatus,
@@ -28,10 +31,10 @@ use crate::{
     topics::{Registry, VariableScope},
 };
 
-/// Sends before a report counts as undeliverable.
-const MAX_REPORT_ATTEMPTS: u32 = 12;
 /// How long a taken report is held before another reporter may try it.
 const REPORT_HOLD: Duration = Duration::from_secs(30);
+/// The audit action of a re-send by hand, which restarts a report's maximum age.
+pub const RESEND_ACTION: &str = "resend_report";
 /// Process definitions whose error catchers are kept; a deployment never changes a definition,
 /// so entries never go stale, and the bound only caps memory.
 const DEFINITIONS_CACHED: usize = 512;
@@ -63,28 +66,33 @@ pub struct Reporter {
     store: Arc<dyn TaskStore>,
     registry: Registry,
     metrics: Metrics,
+    policy: ReportPolicy,
     /// Process definition id → what its error events catch.
     catchers: Arc<Mutex<HashMap<String, Arc<ErrorCatchers>>>>,
-}
-
-/// Backoff between report attempts: 1 s doubling to 5 min.
-fn report_backoff(attempts: u32) -> chrono::Duration {
-    let secs = 1u64 << attempts.min(9);
-    chrono::Duration::seconds(secs.min(300) as i64)
+    gauges: Arc<ReportGauges>,
 }
 
 impl Reporter {
-    pub fn new(client: CamundaClient, store: Arc<dyn TaskStore>, registry: Registry, metrics: Metrics) -> Self {
-        Self { client, store, registry, metrics, catchers: Arc::default() }
+    pub fn new(
+        client: CamundaClient,
+        store: Arc<dyn TaskStore>,
+        registry: Registry,
+        metrics: Metrics,
+        policy: ReportPolicy,
+    ) -> Self {
+        let gauges = Arc::new(ReportGauges::new(store.clone(), metrics.clone()));
+        Self { client, store, registry, metrics, policy, catchers: Arc::default(), gauges }
     }
 
     pub fn client(&self) -> &CamundaClient {
         &self.client
     }
 
-    /// Reports every due report, oldest first; returns how many were attempted.
+    /// Reports every due report, most overdue first; returns how many were attempted. Counts
+    /// the report gauges too, every few seconds.
     pub async fn sweep(&self) -> Result<u64, StoreError> {
-        let due = self.store.due_reports(Utc::now(), 100).await?;
+        self.gauges.count_if_due().await;
+        let due = self.store.due_reports(100).await?;
         let mut sent = 0;
         for task in due {
             if self.report(&task).await? {
@@ -97,25 +105,17 @@ impl Reporter {
     /// Takes and sends one task's report if it is still owed; `false` if someone else holds it.
     #[tracing::instrument(skip_all, fields(task_id = %task.task_id, topic = %task.topic))]
     pub async fn report(&self, task: &TaskRecord) -> Result<bool, StoreError> {
-        let Some(seen) = task.camunda.report_due_at.map(|d| d.to_chrono()) else { return Ok(false) };
-        let now = Utc::now();
-        if seen > now {
-            // A hold, not a due time: another sender (the relay's sweep, say, if this record was
-            // read after it took the report) is sending it now.
-            return Ok(false);
-        }
-        let until = now + chrono::Duration::from_std(REPORT_HOLD).unwrap_or_default();
-        if !self.store.take_report(&task.task_id, seen, until).await? {
-            return Ok(false);
-        }
-        let attempts = task.camunda.report_attempts.unwrap_or(0);
-        let outcome = match self.deliver(task, attempts > 0).await {
+        // The store decides whether it is due (by its clock) and whether another sender (the
+        // relay's sweep, the dispatcher's inline report, another replica) holds it.
+        let Some(task) = self.store.take_report(&task.task_id, REPORT_HOLD).await? else { return Ok(false) };
+        let task = &task;
+        // Counted when taken: this send included.
+        let sends = task.camunda.report_attempts.unwrap_or(1).max(1);
+        let outcome = match self.deliver(task, sends > 1).await {
             Ok(outcome) => outcome,
+            // 404/400 (after the history check): Camunda will never take it; no point waiting.
             Err(e) if e.is_final() => ReportOutcome::Failed { error: e.to_string() },
-            Err(e) if attempts + 1 >= MAX_REPORT_ATTEMPTS => {
-                ReportOutcome::Failed { error: format!("gave up after {} attempts: {e}", attempts + 1) }
-            }
-            Err(e) => ReportOutcome::Retry { error: e.to_string(), at: Utc::now() + report_backoff(attempts) },
+            Err(e) => self.policy.after_failure(sends, self.report_age(task), &e.to_string()),
         };
         let label = match &outcome {
             ReportOutcome::Reported { how } => {
@@ -133,8 +133,9 @@ impl Reporter {
                 tracing::warn!(%error, "report to Camunda failed for good");
                 "report_failed"
             }
-            ReportOutcome::Retry { error, .. } => {
-                tracing::warn!(%error, attempts, "report to Camunda will be retried");
+            ReportOutcome::Retry { error, after } => {
+                let retry_in_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+                tracing::warn!(%error, sends, retry_in_ms, "report to Camunda will be retried");
                 "retry"
             }
         };
@@ -142,6 +143,15 @@ impl Reporter {
         self.metrics.camunda_reports.get_or_create(&labels).inc();
         self.store.record_report(&task.task_id, outcome).await?;
         Ok(true)
+    }
+
+    /// How long the report has been owed, by the store's clock: since the task's completion, or
+    /// since its latest re-send by hand (the audit trail's `resend_report`), which starts a
+    /// fresh maximum age.
+    fn report_age(&self, task: &TaskRecord) -> Duration {
+        let resent = task.audit.iter().rev().find(|a| a.action == RESEND_ACTION).map(|a| a.at);
+        let since = task.completed_at.max(resent).unwrap_or(task.updated_at).to_chrono();
+        (self.store.now() - since).to_std().unwrap_or_default()
     }
 
     /// Decides what Camunda is told, tells it, and reads a 404 against Camunda's history.

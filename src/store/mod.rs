@@ -103,8 +103,19 @@ pub enum ReportOutcome {
     CompletedElsewhere { by: Option<String> },
     /// Final: Camunda refused (404/400) or the reporter gave up.
     Failed { error: String },
-    /// Camunda unreachable: try again at `at`.
-    Retry { error: String, at: DateTime<Utc> },
+    /// Camunda unreachable: try again `after` from now (the store's now).
+    Retry { error: String, after: std::time::Duration },
+}
+
+/// Owed reports to Camunda as the store counts them (for the gauges).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReportCounts {
+    /// Final tasks whose report is still owed (`pending`).
+    pub owed: u64,
+    /// Reports given up (`report_failed`), waiting for a re-send by hand.
+    pub failed: u64,
+    /// When the earliest-completed task whose report is owed completed.
+    pub oldest_owed: Option<DateTime<Utc>>,
 }
 
 /// One attempt's end, for `finish_batch`.
@@ -291,12 +302,19 @@ pub trait TaskStore: Send + Sync {
     /// `POST /tasks/{id}/report`: a `report_failed` report is owed again, due now.
     async fn resend_report(&self, task_id: &str, by: &str) -> Result<TaskRecord, TransitionError>;
 
-    /// Final tasks whose Camunda report is owed and due, oldest first.
-    async fn due_reports(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<TaskRecord>, StoreError>;
+    /// Final tasks whose Camunda report is owed and about due by the store's clock, most overdue
+    /// first: candidates only; [`Self::take_report`] decides by the store's clock.
+    async fn due_reports(&self, limit: u32) -> Result<Vec<TaskRecord>, StoreError>;
 
-    /// Moves a due report from `seen` to `until` so no other reporter sends it meanwhile, and
-    /// counts the send about to start in `camunda.report_attempts`.
-    async fn take_report(&self, task_id: &str, seen: DateTime<Utc>, until: DateTime<Utc>) -> Result<bool, StoreError>;
+    /// Takes an owed report if it is due by the store's clock: holds it for `hold` from the
+    /// store's now so no other reporter sends it meanwhile, and counts the send about to start in
+    /// `camunda.report_attempts`. The task as taken; `None` if it is not due, held by another
+    /// reporter, or no longer owed.
+    async fn take_report(&self, task_id: &str, hold: std::time::Duration) -> Result<Option<TaskRecord>, StoreError>;
+
+    /// Owed and given-up reports, counted through the report index (cost: the backlog of owed
+    /// reports, not the collection).
+    async fn report_counts(&self) -> Result<ReportCounts, StoreError>;
 
     /// Records what became of a report attempt.
     async fn record_report(&self, task_id: &str, outcome: ReportOutcome) -> Result<(), StoreError>;
@@ -304,7 +322,8 @@ pub trait TaskStore: Send + Sync {
     /// Tasks from `source` not yet final (pull mode's capacity check).
     async fn count_unfinished(&self, source: TaskSource) -> Result<u64, StoreError>;
 
-    /// Pulled, unfinished tasks whose Camunda lock runs out before `before`.
+    /// Pulled tasks whose report is still pending (running, or final with the report owed) and
+    /// whose Camunda lock runs out before `before`.
     async fn locks_expiring(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<TaskRecord>, StoreError>;
 
     async fn set_lock_expiry(&self, task_id: &str, at: DateTime<Utc>) -> Result<(), StoreError>;

@@ -495,12 +495,16 @@ impl TaskStore for MongoStore {
         }
     }
 
-    async fn due_reports(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<TaskRecord>, StoreError> {
-        self.due_reports_impl(now, limit).await
+    async fn due_reports(&self, limit: u32) -> Result<Vec<TaskRecord>, StoreError> {
+        self.due_reports_impl(limit).await
     }
 
-    async fn take_report(&self, task_id: &str, seen: DateTime<Utc>, until: DateTime<Utc>) -> Result<bool, StoreError> {
-        self.take_report_impl(task_id, seen, until).await
+    async fn take_report(&self, task_id: &str, hold: Duration) -> Result<Option<TaskRecord>, StoreError> {
+        self.take_report_impl(task_id, hold).await
+    }
+
+    async fn report_counts(&self) -> Result<super::ReportCounts, StoreError> {
+        self.report_counts_impl().await
     }
 
     async fn record_report(&self, task_id: &str, outcome: ReportOutcome) -> Result<(), StoreError> {

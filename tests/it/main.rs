@@ -19,6 +19,7 @@ mod lost_messages;
 mod metrics_format;
 mod openapi_examples;
 mod publishing;
+mod report_age;
 mod retention;
 mod seed_workers;
 mod shutdown;
