@@ -190,6 +190,8 @@ pub struct Settings {
     pub guard: crate::guard::GuardSettings,
     /// CA bundle, client certificates, the API's certificate (`crate::tls`).
     pub tls: crate::tls::TlsSettings,
+    /// `/events` and status waits: ring size, lag limit, keep-alive, wait cap (`crate::events`).
+    pub events: crate::events::EventsSettings,
     /// `REPUBLISH_AFTER_SECONDS` (120), `REPUBLISH_RATE` (200 a second): re-sending tasks whose
     /// messages the broker lost (`crate::resend`).
     pub resend: crate::resend::ResendSettings,
@@ -322,9 +324,10 @@ impl Settings {
             auth: crate::auth::AuthSettings::from_vars(vars)?,
             guard: crate::guard::GuardSettings::from_vars(vars)?,
             tls: crate::tls::TlsSettings::from_vars(vars)?,
-            resend: crate::resend::ResendSettings::from_vars(vars)?,
+            events: crate::events::EventsSettings::from_vars(vars)?,
             retention: crate::retention::RetentionSettings::from_vars(vars)?,
             statistics: crate::statistics::StatisticsSettings::from_vars(vars)?,
+            resend: crate::resend::ResendSettings::from_vars(vars)?,
         };
         Ok(settings)
     }

@@ -9,6 +9,7 @@ pub mod camunda;
 pub mod config;
 pub mod dispatch;
 pub mod domain;
+pub mod events;
 pub mod guard;
 pub mod http;
 pub mod intake;

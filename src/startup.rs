@@ -12,6 +12,7 @@ use crate::{
     camunda::{CamundaClient, Poller, Reporter},
     config::Settings,
     dispatch::Dispatcher,
+    events::Events,
     http::{AppState, router},
     intake::Intake,
     metrics::Metrics,
@@ -71,6 +72,13 @@ impl Application {
         broker.check_tls().await.map_err(anyhow::Error::msg)?;
         let metrics = Metrics::new();
         let stop = CancellationToken::new();
+        // One change stream per process feeds /events and status waits; a process that serves
+        // no API watches nothing.
+        let events = if settings.mode.serves_api() {
+            Events::start(store.database().clone(), settings.events.clone(), stop.child_token()).await
+        } else {
+            Events::disabled()
+        };
         // A store that cannot commit a majority write turns /health unhealthy (store::health).
         let store_health =
             StoreHealth::start(store.database().clone(), settings.mongodb.write_timeout, stop.child_token());
@@ -115,6 +123,7 @@ impl Application {
             camunda,
             intake,
             auth,
+            events,
             statistics: crate::statistics::StatisticsCache::new(store_for_statistics, settings_statistics),
             store_health,
         };

@@ -1,6 +1,7 @@
 //! The check in front of every route: which access each route needs ([`ROUTES`], one table, so
 //! a route added without an entry is held to `admin` rather than left open), the key a request
-//! presents (`Authorization: Bearer …` or `X-API-Key`), and the [`Caller`] it becomes.
+//! presents (`Authorization: Bearer …` or `X-API-Key`; on `/events` also `?access_token=`), and
+//! the [`Caller`] it becomes.
 
 use std::{
     net::SocketAddr,
@@ -40,6 +41,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/tasks/{task_id}/status", Access::Scope(Scope::Read)),
     ("GET", "/tasks", Access::Scope(Scope::Read)),
     ("GET", "/tasks/statistics", Access::Scope(Scope::Read)),
+    ("GET", "/events", Access::Scope(Scope::Read)),
     ("POST", "/tasks/{task_id}/retry", Access::Scope(Scope::Operate)),
     ("POST", "/tasks/{task_id}/report", Access::Scope(Scope::Operate)),
     ("DELETE", "/tasks/{task_id}", Access::Scope(Scope::Operate)),
@@ -110,8 +112,13 @@ impl Auth {
 
     /// Who is calling, from the request's headers: `Ok(None)` without a key, `Err` for a key
     /// that is not in the key file.
-    fn identify(&self, headers: &HeaderMap, addr: Option<std::net::IpAddr>) -> Result<Option<Caller>, ApiError> {
-        let Some(secret) = presented_secret(headers) else { return Ok(None) };
+    fn identify(
+        &self,
+        headers: &HeaderMap,
+        query_secret: Option<&str>,
+        addr: Option<std::net::IpAddr>,
+    ) -> Result<Option<Caller>, ApiError> {
+        let Some(secret) = presented_secret(headers).or(query_secret) else { return Ok(None) };
         let keys = self.keys();
         let Some(key) = keys.find(secret) else {
             tracing::warn!(client = ?addr, "request with an unknown API key refused");
@@ -137,6 +144,36 @@ fn presented_secret(headers: &HeaderMap) -> Option<&str> {
     bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim)).filter(|s| !s.is_empty())
 }
 
+/// The routes that take the key as `?access_token=` too: `/events`, because browsers'
+/// `EventSource` cannot send headers. A URL is a worse place for a key than a header (browser
+/// history, proxies' logs), so only where there is no other way.
+const QUERY_KEY_ROUTES: &[&str] = &["/events"];
+
+/// Takes `access_token` out of the request's query, so nothing after this layer (a handler, a
+/// log line) ever sees it; returns it.
+fn take_query_secret(request: &mut Request) -> Option<String> {
+    let query = request.uri().query()?;
+    let mut secret = None;
+    let mut rest = url::form_urlencoded::Serializer::new(String::new());
+    for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        if name == "access_token" {
+            secret = Some(value.trim().to_owned()).filter(|s| !s.is_empty());
+        } else {
+            rest.append_pair(&name, &value);
+        }
+    }
+    secret.as_ref()?;
+    let rest = rest.finish();
+    let path = request.uri().path();
+    let path_and_query = if rest.is_empty() { path.to_owned() } else { format!("{path}?{rest}") };
+    let mut parts = request.uri().clone().into_parts();
+    parts.path_and_query = path_and_query.parse().ok();
+    if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+        *request.uri_mut() = uri;
+    }
+    secret
+}
+
 /// Middleware on every matched route: answers 401/403 itself, or stores the [`Caller`] in the
 /// request's extensions and goes on.
 pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
@@ -147,9 +184,11 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
         Access::Metrics => state.settings.auth.metrics_scope.map_or(Access::Public, Access::Scope),
         other => other,
     };
+    let query_secret = if QUERY_KEY_ROUTES.contains(&path.as_str()) { take_query_secret(&mut request) } else { None };
     let caller = match (auth.mode(), needed) {
         (AuthMode::Open, _) | (_, Access::Public) => auth.anonymous(addr),
-        (AuthMode::Keys, Access::Scope(scope)) => match auth.identify(request.headers(), addr) {
+        (AuthMode::Keys, Access::Scope(scope)) => match auth.identify(request.headers(), query_secret.as_deref(), addr)
+        {
             Err(e) => return e.into_response(),
             Ok(Some(caller)) if caller.scopes.contains(&scope) => caller,
             Ok(Some(caller)) => {

@@ -38,6 +38,8 @@ struct Inner {
     settings: GuardSettings,
     /// `SUBMIT_BATCH_MAX`: what "a full batch waiting" means.
     batch_max: usize,
+    /// `STATUS_WAIT_MAX_SECONDS`: the longest wait a request may ask for (`?wait=`).
+    wait_max: Duration,
     buckets: Buckets,
     metrics: Metrics,
 }
@@ -97,6 +99,7 @@ impl Guard {
             inner: Arc::new(Inner {
                 settings: guard.clone(),
                 batch_max: settings.submit_batch_max,
+                wait_max: settings.events.status_wait_max,
                 buckets: Buckets::new(guard.max_buckets),
                 metrics,
             }),
@@ -106,6 +109,11 @@ impl Guard {
     /// The body read timeout and the request timeout.
     pub(super) fn timeouts(&self) -> (Duration, Duration) {
         (self.inner.settings.body_read_timeout, self.inner.settings.request_timeout)
+    }
+
+    /// The longest wait a request may ask for on top of the request timeout.
+    pub(super) fn wait_max(&self) -> Duration {
+        self.inner.wait_max
     }
 
     pub(super) fn metrics(&self) -> &Metrics {

@@ -1,6 +1,7 @@
 //! Time limits on a request once its headers are in: its body must arrive within
 //! `BODY_READ_TIMEOUT_SECONDS` (else 408: the client is slow) and its answer must be ready within
-//! `REQUEST_TIMEOUT_SECONDS` (else 503 + `Retry-After`: the gateway is slow). The handler is
+//! `REQUEST_TIMEOUT_SECONDS` (else 503 + `Retry-After`: the gateway is slow; a status request
+//! asking to `?wait=` gets that wait on top). The handler is
 //! dropped on a timeout, as when a client hangs up, so handlers are already cancel-safe; a
 //! submission cut off this way may still have been stored, and its resubmission is idempotent.
 //! (Slow headers are the server's business: see [`super::server`].)
@@ -63,6 +64,7 @@ impl HttpBody for DeadlineBody {
 /// Middleware around the whole router: the body deadline and the request timeout.
 pub async fn deadlines(State(guard): State<Guard>, request: Request, next: Next) -> Response {
     let (body_timeout, request_timeout) = guard.timeouts();
+    let request_timeout = request_timeout + asked_wait(&request, guard.wait_max());
     let expired = Arc::new(AtomicBool::new(false));
     // A request without a body (most GETs) needs no timer.
     let request = if request.body().is_end_stream() {
@@ -90,6 +92,19 @@ pub async fn deadlines(State(guard): State<Guard>, request: Request, next: Next)
             ApiError::Overloaded { message, retry_after: Duration::from_secs(1) }.into_response()
         }
     }
+}
+
+/// A status request with `?wait=N` waits on purpose (`GET /tasks/{id}/status?wait=`): up to N
+/// seconds, at most `STATUS_WAIT_MAX_SECONDS`, on top of the request timeout.
+fn asked_wait(request: &Request, max: Duration) -> Duration {
+    let uri = request.uri();
+    if !uri.path().ends_with("/status") {
+        return Duration::ZERO;
+    }
+    let pairs = url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes());
+    let wait = pairs.filter(|(name, _)| name == "wait").find_map(|(_, v)| v.parse::<f64>().ok());
+    wait.filter(|s| s.is_finite() && *s > 0.0)
+        .map_or(Duration::ZERO, |s| Duration::from_secs_f64(s.min(max.as_secs_f64())))
 }
 
 fn seconds(d: Duration) -> String {

@@ -18,5 +18,5 @@ mod settings;
 pub use admission::{Guard, Shed, admit};
 pub use buckets::{BucketKey, Buckets};
 pub use deadlines::deadlines;
-pub use server::serve;
+pub use server::{CloseConnection, serve};
 pub use settings::GuardSettings;

@@ -29,11 +29,18 @@ use crate::metrics::Metrics;
 const H2_PING_EVERY: Duration = Duration::from_secs(20);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// In every request's extensions: cancelling it closes the request's connection at once, unsent
+/// bytes and all (how `/events` drops a subscriber that stopped reading: its response can then
+/// never end by itself, as nothing more can be written).
+#[derive(Clone, Debug)]
+pub struct CloseConnection(pub CancellationToken);
+
 /// The router as hyper calls it, with the peer's address in every request's extensions.
 #[derive(Clone)]
 struct WithPeer {
     inner: TowerToHyperService<Router>,
     peer: SocketAddr,
+    close: CancellationToken,
 }
 
 impl Service<http::Request<Incoming>> for WithPeer {
@@ -43,6 +50,7 @@ impl Service<http::Request<Incoming>> for WithPeer {
 
     fn call(&self, mut request: http::Request<Incoming>) -> Self::Future {
         request.extensions_mut().insert(ConnectInfo(self.peer));
+        request.extensions_mut().insert(CloseConnection(self.close.clone()));
         self.inner.call(request)
     }
 }
@@ -74,7 +82,8 @@ where
             accepted = listener.accept() => accepted,
             _ = stop.cancelled() => break,
         };
-        let service = WithPeer { inner: TowerToHyperService::new(app.clone()), peer };
+        let close = CancellationToken::new();
+        let service = WithPeer { inner: TowerToHyperService::new(app.clone()), peer, close: close.clone() };
         let (settings, metrics, stop, open) = (settings.clone(), metrics.clone(), stop.clone(), open_rx.clone());
         tokio::spawn(async move {
             metrics.http_connections.inc();
@@ -91,6 +100,7 @@ where
                         }
                         break;
                     }
+                    _ = close.cancelled() => break,
                     _ = &mut stopping, if !asked => {
                         asked = true;
                         connection.as_mut().graceful_shutdown();

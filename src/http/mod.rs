@@ -3,6 +3,7 @@
 
 mod dead_letters;
 mod error;
+mod events;
 mod operate;
 mod refusals;
 mod system;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub intake: crate::intake::Intake,
     /// API keys and the rules of `AUTH_MODE`.
     pub auth: crate::auth::Auth,
+    /// The live task events (`/events`, status waits).
+    pub events: crate::events::Events,
     /// The cached aggregate `GET /tasks/statistics` answers from.
     pub statistics: crate::statistics::StatisticsCache,
     /// Whether the store commits majority writes (its probe's last verdict, for `/health`).
@@ -49,7 +52,7 @@ pub struct AppState {
     info(title = "worker-api-gateway", description = "Camunda 7 external-task gateway: durable in MongoDB, dispatched through RabbitMQ."),
     paths(
         system::root, system::health, system::live, system::metrics, system::topics,
-        tasks::submit, tasks::status, operate::retry, operate::cancel, operate::resend_report, tasks::list, tasks::statistics,
+        tasks::submit, tasks::status, events::events, operate::retry, operate::cancel, operate::resend_report, tasks::list, tasks::statistics,
         dead_letters::list,
     ),
     components(schemas(ErrorBody, crate::domain::FieldError)),
@@ -63,8 +66,10 @@ pub fn router(state: AppState) -> Router {
     let mut app = Router::new().merge(system::router());
     if state.settings.mode.serves_api() {
         let document = openapi_document(&state.settings, &state.registry);
-        app =
-            app.merge(tasks::router()).merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", document));
+        app = app
+            .merge(tasks::router())
+            .merge(events::router())
+            .merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", document));
         app = app.merge(dead_letters::router());
     }
     // After every route is in: a route layer runs for matched routes only, and knows which.

@@ -62,6 +62,9 @@ pub struct HealthView {
     pub uptime_s: u64,
     /// `keys`, or `open` when `AUTH_MODE=open` lets anyone in.
     pub auth: &'static str,
+    /// The change stream behind `/events` and status waits: live, connecting, retrying (after
+    /// an error, resuming from the last change seen) or off (`GATEWAY_MODE=worker`).
+    pub events: &'static str,
 }
 
 fn word(ok: bool) -> &'static str {
@@ -104,6 +107,7 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
         version: env!("CARGO_PKG_VERSION"),
         uptime_s: state.started.elapsed().as_secs(),
         auth: state.auth.mode().as_str(),
+        events: state.events.state().as_str(),
     };
     let code = if mongo { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(view))

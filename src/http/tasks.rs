@@ -202,12 +202,35 @@ fn validate<'s>(
     Ok((submission, topic))
 }
 
-/// A task's status, result and history.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StatusParams {
+    /// Seconds (up to `STATUS_WAIT_MAX_SECONDS`, 60) to wait for the task to be final — its
+    /// shown status succeeded, failed or cancelled (with seed labels: `sucesso`/`erro`) — before
+    /// answering; on timeout the answer is the current state. Absent or 0: answer at once.
+    #[param(value_type = Option<f64>, minimum = 0)]
+    wait: Option<String>,
+}
+
+/// A task's status, result and history; with `?wait=`, once it is final.
 #[utoipa::path(get, path = "/tasks/{task_id}/status", tag = "tasks",
-    params(("task_id" = String, Path, description = "task id", example = "demo-1")),
-    responses((status = 200, body = TaskView), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn status(State(state): State<AppState>, Path(task_id): Path<String>) -> Result<Json<TaskView>, ApiError> {
-    match state.store.get(&task_id).await? {
+    params(("task_id" = String, Path, description = "task id", example = "demo-1"), StatusParams),
+    responses((status = 200, body = TaskView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub async fn status(
+    State(state): State<AppState>,
+    Path(task_id): Path<String>,
+    params: Result<Query<StatusParams>, QueryRejection>,
+) -> Result<Json<TaskView>, ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::malformed(format!("bad query: {}", e.body_text())))?;
+    let wait = crate::events::parse_wait(p.wait.as_deref(), state.settings.events.status_wait_max).map_err(|e| {
+        ApiError::Validation { status: StatusCode::BAD_REQUEST, message: "invalid query".into(), details: vec![e] }
+    })?;
+    let labels = state.settings.status_labels;
+    let shown_final = |t: &crate::store::TaskRecord| {
+        TaskStatus::parse_label(super::views::shown_status(t, labels)).is_some_and(TaskStatus::is_final)
+    };
+    match state.events.wait_for_task(state.store.as_ref(), &task_id, wait, shown_final).await? {
         Some(task) => Ok(Json(TaskView::new(&task, state.settings.status_labels))),
         None => Err(ApiError::NotFound(format!("task {task_id} not found"))),
     }

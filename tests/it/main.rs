@@ -10,6 +10,7 @@ mod camunda_outcomes;
 #[path = "../common/mod.rs"]
 mod common;
 mod engine;
+mod events;
 mod guard;
 mod helpers;
 mod http2;

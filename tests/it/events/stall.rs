@@ -1,0 +1,171 @@
+//! A subscriber that stops reading while many events flow: it is dropped (a late reader sees
+//! `event: lagged`, one that never reads has its connection closed), and the real binary's
+//! resident memory stays flat. Events are made by writing task documents straight into the
+//! store: the change stream is the source, whoever writes.
+
+use std::{process::Stdio, time::Duration};
+
+use bson::doc;
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{TcpSocket, TcpStream},
+};
+
+use crate::helpers::{env, unique};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Resident memory of `pid`, in KiB (`VmRSS` of /proc/<pid>/status).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or_default();
+    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// A raw HTTP/1.1 subscriber; with `small`, a small receive buffer so the server's side fills
+/// quickly (and drains slowly: one that reads late keeps the default).
+async fn raw_subscriber(port: u16, small: bool) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("a socket");
+    if small {
+        socket.set_recv_buffer_size(4096).expect("a small receive buffer");
+    }
+    let mut stream = socket.connect(([127, 0, 0, 1], port).into()).await.expect("connects");
+    stream.write_all(b"GET /events HTTP/1.1\r\nHost: gateway\r\n\r\n").await.expect("request sent");
+    stream
+}
+
+/// Reads what `stream` has until it is closed (`true`), `enough(seen)` holds (`true`) or `limit`
+/// passes with it open.
+async fn read_until(stream: &mut TcpStream, seen: &mut Vec<u8>, limit: Duration, enough: fn(&[u8]) -> bool) -> bool {
+    let read = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        while !enough(seen) {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(limit, read).await.is_ok()
+}
+
+/// Reads the gateway's JSON log lines until one has the message `message`; returns it.
+async fn logged<R: tokio::io::AsyncBufRead + Unpin>(lines: &mut tokio::io::Lines<R>, message: &str) -> Value {
+    let find = async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let event: Value = serde_json::from_str(&line).unwrap_or(json!({}));
+            if event["fields"]["message"] == message {
+                return Some(event);
+            }
+        }
+        None
+    };
+    tokio::time::timeout(WAIT, find).await.ok().flatten().unwrap_or_else(|| panic!("never logged {message:?}"))
+}
+
+/// `n` task documents, final (nothing in the gateway acts on them), each insert one event.
+async fn flood(tasks: &mongodb::Collection<bson::Document>, round: &str, n: usize) {
+    for chunk in 0..n.div_ceil(1000) {
+        let docs = (0..1000.min(n - chunk * 1000)).map(|i| {
+            doc! {
+                "_id": format!("{round}-{chunk}-{i}"), "topic": "flood", "worker_id": "w", "status": "succeeded",
+                "attempts": 1, "updated_at": bson::DateTime::now(), "camunda": {"report_state": "not_applicable"},
+                "error_message": "x".repeat(200),
+            }
+        });
+        tasks.insert_many(docs).await.expect("the store takes the flood");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_subscriber_is_dropped_and_memory_stays_flat() {
+    let (database, exchange) = (unique("it"), unique("it"));
+    let topics = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("topics");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_worker-api-gateway"))
+        .envs([("PORT", "0"), ("HOST", "127.0.0.1"), ("LOG_FORMAT", "json"), ("LOG_LEVEL", "info")])
+        .envs([("ANONYMOUS_SCOPES", "submit,read"), ("EVENTS_LAG_LIMIT", "256")])
+        .env("MONGODB_URI", env("MONGODB_URI"))
+        .env("MONGODB_DATABASE", &database)
+        .env("RABBITMQ_URL", env("RABBITMQ_URL"))
+        .env("RABBITMQ_EXCHANGE", &exchange)
+        .env("TOPICS_DIR", &topics)
+        .env_remove("CAMUNDA_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the gateway binary starts");
+    let pid = child.id().expect("a pid");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
+    let port = logged(&mut lines, "listening").await["fields"]["port"].as_u64().expect("the port is logged") as u16;
+    let tasks = mongodb::Client::with_uri_str(env("MONGODB_URI"))
+        .await
+        .expect("a store client")
+        .database(&database)
+        .collection::<bson::Document>("tasks");
+
+    // Warm up: the ring fills once (its size is the point of it), then memory is measured.
+    flood(&tasks, "warm", 12_000).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = rss_kib(pid);
+
+    let mut stalled = raw_subscriber(port, true).await;
+    // A slow reader: it keeps reading, a little at a time, so it falls behind without stalling.
+    let mut slow = raw_subscriber(port, false).await;
+    let slow_reader = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        let read = async {
+            while !seen.ends_with(b"\r\n0\r\n\r\n") {
+                match slow.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(180), read).await;
+        seen
+    });
+    let sampler = tokio::spawn(async move {
+        let mut peak = 0;
+        for _ in 0..300 {
+            peak = peak.max(rss_kib(pid));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        peak
+    });
+    flood(&tasks, "flood", 30_000).await;
+    logged(&mut lines, "an event subscriber fell behind; dropped").await;
+    logged(&mut lines, "an event subscriber fell behind; dropped").await;
+
+    // The slow reader gets `lagged` and the end of the response.
+    let seen = slow_reader.await.expect("the slow reader");
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.contains("event: lagged\ndata: {\"dropped_after\":"), "no lagged event: …{}", tail(&text));
+    assert!(text.ends_with("\r\n0\r\n\r\n"), "the response did not end: …{}", tail(&text));
+
+    // The one that never read: its connection is closed by the server.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut drained = Vec::new();
+    assert!(read_until(&mut stalled, &mut drained, Duration::from_secs(20), |_| false).await, "still open");
+    assert!(!String::from_utf8_lossy(&drained).contains("event: lagged"), "it never read, so never got lagged");
+
+    let peak = sampler.await.expect("sampler");
+    flood(&tasks, "after", 12_000).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = rss_kib(pid);
+    println!("gateway RSS: before {before} KiB, peak during {peak} KiB, after {after} KiB");
+    assert!(peak < before + 64 * 1024, "memory grew with the stalled subscribers: {before} → {peak} KiB");
+    assert!(after < before + 32 * 1024, "memory did not come back: {before} → {after} KiB");
+
+    let _ = child.start_kill();
+    let _ = tasks.client().database(&database).drop().await;
+    crate::helpers::delete_topology(&exchange, &["say_hello".into(), "nova_publicacao".into()]).await;
+}
+
+fn tail(text: &str) -> &str {
+    let start = text.char_indices().rev().nth(300).map_or(0, |(i, _)| i);
+    &text[start..]
+}
