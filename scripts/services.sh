@@ -20,6 +20,8 @@
 #               from $SEED_REFERENCE_DIR (default ../shared/seed-reference), in
 #               their own venv .services/seed-venv
 #   faketime    Debian's faketime, for the fault suite's skewed-clock replicas
+#   chromium    Debian's chromium and chromedriver, and Selenium for Python in
+#               .services/ui-venv, for the dashboard's browser test
 #
 # Everything this script creates lives under $REPO/.services/ (git-ignored),
 # except RabbitMQ's own state, which the Debian package keeps in
@@ -617,6 +619,24 @@ faketime_install() {
 }
 
 # ============================================================================
+# Browser (the dashboard's test)
+# ============================================================================
+
+# tests/it/ui.rs drives Debian's chromium through its chromedriver with Selenium
+# for Python, in a venv of its own.
+UI_VENV="$SERVICES_DIR/ui-venv"
+SELENIUM_VERSION=4.45.0
+browser_install() {
+    command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 ||
+        apt_install chromium chromium-driver fonts-dejavu-core
+    make_venv "$UI_VENV"
+    if ! "$UI_VENV/bin/python" -c "import selenium, sys; sys.exit(selenium.__version__ != '$SELENIUM_VERSION')" 2>/dev/null; then
+        log "installing selenium $SELENIUM_VERSION into $UI_VENV"
+        quiet "$UI_VENV/bin/pip" install --quiet "selenium==$SELENIUM_VERSION"
+    fi
+}
+
+# ============================================================================
 # Env file and commands
 # ============================================================================
 
@@ -631,6 +651,7 @@ write_env() {
         echo "export SERVICES_TLS_CA=$TLS_CA"
         echo "export SEED_REFERENCE_DIR=$SEED_REFERENCE_DIR"
         echo "export SEED_WORKERS_PYTHON=$SEED_VENV/bin/python"
+        echo "export UI_TEST_PYTHON=$UI_VENV/bin/python"
         camunda_env
     } >"$tmp"
     mv "$tmp" "$ENV_FILE"
@@ -661,6 +682,7 @@ cmd_up() {
     [ "$gateway_only" = 1 ] || camunda_up
     [ "$gateway_only" = 1 ] || seed_workers_venv
     faketime_install
+    [ "$gateway_only" = 1 ] || browser_install
     write_env
     echo "services up in $((SECONDS - start))s: RabbitMQ $RABBIT_HOST:$RABBIT_PORT (amqps $RABBIT_TLS_PORT), SecantusDB $MONGO_HOST:$MONGO_PORT; env in $ENV_FILE"
 }

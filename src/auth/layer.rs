@@ -28,6 +28,9 @@ pub enum Access {
     Scope(Scope),
     /// `METRICS_AUTH`: a scope, or anyone.
     Metrics,
+    /// Any valid key, whatever its scopes, or an anonymous caller (`/auth/whoami`): an unknown
+    /// key is still a 401.
+    Identified,
 }
 
 /// Every route and what it needs: (method, path as the router matches it, access).
@@ -46,12 +49,15 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("POST", "/tasks/{task_id}/report", Access::Scope(Scope::Operate)),
     ("DELETE", "/tasks/{task_id}", Access::Scope(Scope::Operate)),
     ("GET", "/dead-letters", Access::Scope(Scope::Read)),
+    ("GET", "/auth/whoami", Access::Identified),
 ];
 
-/// The access a matched route needs. The documentation (`/docs`, `/openapi.json`) is public;
-/// a route missing from [`ROUTES`] needs `admin`.
+/// The access a matched route needs. The documentation (`/docs`, `/openapi.json`) and the
+/// dashboard's files (`/ui`: they hold no data; its pages call the API with the user's key) are
+/// public; a route missing from [`ROUTES`] needs `admin`.
 pub fn access(method: &Method, path: &str) -> Access {
-    if path == "/openapi.json" || path == "/docs" || path.starts_with("/docs/") {
+    let files = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
+    if path == "/openapi.json" || files("/docs") || files("/ui") {
         return Access::Public;
     }
     ROUTES
@@ -206,6 +212,10 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
             }
         },
         (AuthMode::Keys, Access::Metrics) => auth.anonymous(addr),
+        (AuthMode::Keys, Access::Identified) => match auth.identify(request.headers(), query_secret.as_deref(), addr) {
+            Err(e) => return e.into_response(),
+            Ok(caller) => caller.unwrap_or_else(|| auth.anonymous(addr)),
+        },
     };
     request.extensions_mut().insert(caller);
     next.run(request).await

@@ -8,6 +8,7 @@ mod operate;
 mod refusals;
 mod system;
 mod tasks;
+mod ui;
 mod views;
 
 use std::{sync::Arc, time::Instant};
@@ -52,7 +53,7 @@ pub struct AppState {
     info(title = "worker-api-gateway", description = "Camunda 7 external-task gateway: durable in MongoDB, dispatched through RabbitMQ."),
     paths(
         system::root, system::health, system::live, system::metrics, system::topics,
-        tasks::submit, tasks::status, events::events, operate::retry, operate::cancel, operate::resend_report, tasks::list, tasks::statistics,
+        tasks::submit, tasks::status, events::events, operate::retry, operate::cancel, operate::resend_report, tasks::list, tasks::statistics, ui::whoami,
         dead_letters::list,
     ),
     components(schemas(ErrorBody, crate::domain::FieldError)),
@@ -68,7 +69,7 @@ pub fn router(state: AppState) -> Router {
         let document = openapi_document(&state.settings, &state.registry);
         app = app
             .merge(tasks::router())
-            .merge(events::router())
+            .merge(events::router()).merge(ui::router())
             .merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", document));
         app = app.merge(dead_letters::router());
     }

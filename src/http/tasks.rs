@@ -210,6 +210,10 @@ pub struct StatusParams {
     /// answering; on timeout the answer is the current state. Absent or 0: answer at once.
     #[param(value_type = Option<f64>, minimum = 0)]
     wait: Option<String>,
+    /// `variables`: the answer carries the task's input variables too (left out by default:
+    /// workers poll this route, and the variables may be large).
+    #[param(example = "variables")]
+    include: Option<String>,
 }
 
 /// A task's status, result and history; with `?wait=`, once it is final.
@@ -223,6 +227,18 @@ pub async fn status(
     params: Result<Query<StatusParams>, QueryRejection>,
 ) -> Result<Json<TaskView>, ApiError> {
     let Query(p) = params.map_err(|e| ApiError::malformed(format!("bad query: {}", e.body_text())))?;
+    let with_variables = match p.include.as_deref() {
+        None | Some("") => false,
+        Some("variables") => true,
+        Some(other) => {
+            let detail = crate::domain::FieldError::new("include", format!("{other:?} is not `variables`"));
+            return Err(ApiError::Validation {
+                status: StatusCode::BAD_REQUEST,
+                message: "invalid query".into(),
+                details: vec![detail],
+            });
+        }
+    };
     let wait = crate::events::parse_wait(p.wait.as_deref(), state.settings.events.status_wait_max).map_err(|e| {
         ApiError::Validation { status: StatusCode::BAD_REQUEST, message: "invalid query".into(), details: vec![e] }
     })?;
@@ -231,7 +247,13 @@ pub async fn status(
         TaskStatus::parse_label(super::views::shown_status(t, labels)).is_some_and(TaskStatus::is_final)
     };
     match state.events.wait_for_task(state.store.as_ref(), &task_id, wait, shown_final).await? {
-        Some(task) => Ok(Json(TaskView::new(&task, state.settings.status_labels))),
+        Some(task) => {
+            let mut view = TaskView::new(&task, state.settings.status_labels);
+            if with_variables {
+                view.variables = Some(task.variables);
+            }
+            Ok(Json(view))
+        }
         None => Err(ApiError::NotFound(format!("task {task_id} not found"))),
     }
 }

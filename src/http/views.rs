@@ -107,6 +107,9 @@ pub struct TaskView {
     pub timestamps: Timestamps,
     pub metadata: Metadata,
     pub camunda: CamundaView,
+    /// The task's input variables, with `?include=variables` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variables: Option<Map<String, Value>>,
     /// The W3C trace id every hop of this task joins (logs, AMQP headers, downstream and
     /// Camunda calls): the submitter's `traceparent`, or one begun for the task.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -169,6 +172,7 @@ impl TaskView {
                 reported_as: t.camunda.reported_as.clone(),
                 completed_by: t.camunda.completed_by.clone(),
             },
+            variables: None,
             trace_id: t.trace_id.clone(),
             audit: t
                 .audit

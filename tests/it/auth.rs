@@ -74,6 +74,17 @@ async fn every_route_answers_401_403_or_serves_by_key_and_scope() {
                 Access::Public => None,
                 Access::Scope(scope) => Some(*scope),
                 Access::Metrics => Some(Scope::Admin),
+                // Any key, or none; an unknown key is still refused.
+                Access::Identified => {
+                    let no_key = call(&app, &method, &path, None).await;
+                    let wrong = call(&app, &method, &path, Some("not-a-key")).await;
+                    assert_eq!((no_key, wrong), (200, 401), "{method} {path}");
+                    for scope in Scope::ALL {
+                        let status = call(&app, &method, &path, Some(&format!("{}-key", scope.as_str()))).await;
+                        assert_eq!(status, 200, "{method} {path} with a {} key", scope.as_str());
+                    }
+                    continue;
+                }
             };
             let no_key = call(&app, &method, &path, None).await;
             let wrong = call(&app, &method, &path, Some("not-a-key")).await;

@@ -27,4 +27,5 @@ mod shutdown;
 mod store_clock;
 mod tls;
 mod tracing;
+mod ui;
 mod variables;
