@@ -1,6 +1,7 @@
 //! All integration tests, one binary (faster to build and link). Each test spawns its own
 //! gateway against the real RabbitMQ and MongoDB-wire servers.
 
+mod alerts;
 mod api;
 mod auth;
 mod bad_input;
