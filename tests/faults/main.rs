@@ -22,6 +22,7 @@ mod services;
 mod broker_faults;
 mod camunda_faults;
 mod crash_faults;
+mod failover_faults;
 mod handler_faults;
 mod replica_faults;
 mod schema_fuzz;

@@ -12,6 +12,7 @@ mod camunda_outcomes;
 mod common;
 mod engine;
 mod events;
+mod failover;
 mod guard;
 mod helpers;
 mod http2;
