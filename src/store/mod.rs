@@ -3,8 +3,8 @@
 //! about what the gateway needs, not about MongoDB, so a second backend can slot in.
 
 mod clock;
-mod health;
 mod dead_letter;
+mod health;
 mod mongo;
 mod mongo_batch;
 mod mongo_camunda;
