@@ -38,7 +38,7 @@ impl Filter {
     }
 
     pub fn matches(&self, event: &TaskEvent) -> bool {
-        (self.topics.is_empty() || self.topics.iter().any(|t| *t == event.topic))
+        (self.topics.is_empty() || self.topics.contains(&event.topic))
             && (self.statuses.is_empty() || self.statuses.contains(&event.status))
             && self.task_id.as_ref().is_none_or(|id| *id == event.task_id)
     }

@@ -122,7 +122,7 @@ async fn a_stalled_subscriber_is_dropped_and_memory_stays_flat() {
                     Ok(0) | Err(_) => break,
                     Ok(n) => seen.extend_from_slice(&buf[..n]),
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(180), read).await;
@@ -137,7 +137,6 @@ async fn a_stalled_subscriber_is_dropped_and_memory_stays_flat() {
         peak
     });
     flood(&tasks, "flood", 30_000).await;
-    logged(&mut lines, "an event subscriber fell behind; dropped").await;
     logged(&mut lines, "an event subscriber fell behind; dropped").await;
 
     // The slow reader gets `lagged` and the end of the response.
