@@ -95,7 +95,7 @@ impl Reporter {
         let due = self.store.due_reports(100).await?;
         let mut sent = 0;
         for task in due {
-            if self.report(&task).await? {
+            if crate::trace::within_task("report", task.trace_id.as_deref(), self.report(&task)).await? {
                 sent += 1;
             }
         }
@@ -103,7 +103,7 @@ impl Reporter {
     }
 
     /// Takes and sends one task's report if it is still owed; `false` if someone else holds it.
-    #[tracing::instrument(skip_all, fields(task_id = %task.task_id, topic = %task.topic))]
+    #[tracing::instrument(skip_all, fields(task_id = %task.task_id, topic = %task.topic, trace_id = task.trace_id.as_deref()))]
     pub async fn report(&self, task: &TaskRecord) -> Result<bool, StoreError> {
         // The store decides whether it is due (by its clock) and whether another sender (the
         // relay's sweep, the dispatcher's inline report, another replica) holds it.
@@ -288,7 +288,7 @@ impl Reporter {
         if let Err(error) =
             self.client.failure(&task.task_id, &task.worker_id, message, message, attempts_left, retry_timeout).await
         {
-            tracing::warn!(%error, task_id = %task.task_id, "could not report a retryable failure to Camunda");
+            tracing::warn!(%error, task_id = %task.task_id, trace_id = task.trace_id.as_deref(), "could not report a retryable failure to Camunda");
         }
     }
 }

@@ -69,7 +69,8 @@ pub fn router(state: AppState) -> Router {
         let document = openapi_document(&state.settings, &state.registry);
         app = app
             .merge(tasks::router())
-            .merge(events::router()).merge(ui::router())
+            .merge(events::router())
+            .merge(ui::router())
             .merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", document));
         app = app.merge(dead_letters::router());
     }

@@ -46,7 +46,8 @@ async fn the_dashboard_works_in_a_real_browser() {
         .env("SHOTS", &shots)
         .kill_on_drop(true)
         .output();
-    let out = tokio::time::timeout(Duration::from_secs(240), run).await.expect("the browser run ends").expect("python runs");
+    let out =
+        tokio::time::timeout(Duration::from_secs(240), run).await.expect("the browser run ends").expect("python runs");
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the browser checks failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
     assert!(stdout.contains("dashboard checks passed"), "{stdout}");
@@ -72,12 +73,14 @@ async fn the_dashboards_files_are_public_revalidated_and_whoami_names_the_key() 
     assert!(script.headers()["content-type"].to_str().expect("ascii").starts_with("text/javascript"));
     assert!(script.text().await.expect("body").contains("/events"));
 
-    let me: serde_json::Value = app.client.get(app.url("/auth/whoami")).send().await.expect("answers").json().await.expect("json");
+    let me: serde_json::Value =
+        app.client.get(app.url("/auth/whoami")).send().await.expect("answers").json().await.expect("json");
     assert_eq!(me["key_id"], "it-admin");
     assert_eq!(me["scopes"], serde_json::json!(["submit", "read", "operate", "admin"]));
     let unknown = anonymous.get(app.url("/auth/whoami")).bearer_auth("not-a-key").send().await.expect("answers");
     assert_eq!(unknown.status().as_u16(), 401);
-    let nobody: serde_json::Value = anonymous.get(app.url("/auth/whoami")).send().await.expect("answers").json().await.expect("json");
+    let nobody: serde_json::Value =
+        anonymous.get(app.url("/auth/whoami")).send().await.expect("answers").json().await.expect("json");
     assert_eq!(nobody["key_id"], serde_json::Value::Null);
     app.cleanup().await;
 }
