@@ -14,6 +14,7 @@ import urllib.request
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 
 BASE = os.environ["BASE_URL"]
@@ -62,8 +63,12 @@ def browser():
 
 
 def text_of(driver, css):
-    found = driver.find_elements(By.CSS_SELECTOR, css)
-    return found[0].text if found else None
+    """The text of the first match, or None (also when a live update replaced it meanwhile)."""
+    try:
+        found = driver.find_elements(By.CSS_SELECTOR, css)
+        return found[0].text if found else None
+    except StaleElementReferenceException:
+        return None
 
 
 def row_status(driver, task_id):
