@@ -535,15 +535,6 @@ impl TaskStore for MongoStore {
         self.statistics_impl().await
     }
 
-    async fn mark_expired(
-        &self,
-        scope: &super::TopicScope,
-        retention: Duration,
-        limit: u32,
-    ) -> Result<u64, StoreError> {
-        self.mark_expired_impl(scope, retention, limit).await
-    }
-
     async fn record_dead_letter(&self, letter: super::DeadLetter, retention: Duration) -> Result<(), StoreError> {
         self.record_dead_letter_impl(letter, retention).await
     }
@@ -566,5 +557,14 @@ impl TaskStore for MongoStore {
 
     async fn owe_publish_again(&self, task_ids: &[String], grace: Duration) -> Result<u64, StoreError> {
         self.owe_publish_again_impl(task_ids, grace).await
+    }
+
+    async fn mark_expired(
+        &self,
+        scope: &super::TopicScope,
+        retention: Duration,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        self.mark_expired_impl(scope, retention, limit).await
     }
 }
