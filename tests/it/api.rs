@@ -256,18 +256,8 @@ async fn a_submission_published_straight_to_the_exchange_is_stored_and_processed
     )
     .await
     .expect("publish");
-    let dead = format!("{}.dead", app.exchange);
-    crate::helpers::eventually("two dead letters", WAIT, || async {
-        let q = ch
-            .queue_declare(
-                dead.as_str().into(),
-                lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
-                Default::default(),
-            )
-            .await;
-        q.map(|q| q.message_count() == 2).unwrap_or(false)
-    })
-    .await;
+    // The gateway's dead-letter consumer records both (and drains the queue).
+    app.wait_for("two dead letters", WAIT, |v| v["count"] == 2, "/dead-letters").await;
     let task = app.status("direct-1").await.1;
     assert_eq!((task["attempts"].clone(), task["result"]["greeting"].clone()), (json!(1), json!("Hello, Amqp!")));
     let _ = conn.close(200, "bye".into()).await;
