@@ -38,9 +38,8 @@ async fn a_task_that_keeps_failing_stops_at_its_attempt_limit() {
     assert_eq!(task["attempts"], 3);
     assert_eq!(task["metadata"]["error_code"], "ATTEMPTS_EXHAUSTED");
     assert!(task["error_message"].as_str().unwrap_or("").contains("500"), "{task}");
-    // The poison message is parked in the dead-letter queue.
-    let dead = format!("{}.dead", app.exchange);
-    crate::helpers::eventually("one dead letter", WAIT, || crate::helpers::queue_depth_is(&dead, 1)).await;
+    // The poison message is parked in the dead-letter queue, whose consumer records it.
+    app.wait_for("one dead letter", WAIT, |v| v["count"] == 1, "/dead-letters").await;
     // No hot loop: nothing runs after the last attempt.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(down.calls.load(Ordering::SeqCst), 3);

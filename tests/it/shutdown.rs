@@ -57,7 +57,7 @@ async fn a_gateway_stopped_by_sigterm_after_work_exits_cleanly_without_an_error_
     // Arrange: the gateway has published, consumed and acked a task, so every channel was used.
     let listening = until_logged(&mut lines, &mut seen, "listening").await;
     let port = listening["fields"]["port"].as_u64().expect("the port is logged");
-    until_logged(&mut lines, &mut seen, "rabbitmq connected, topology declared").await;
+    until_logged(&mut lines, &mut seen, "rabbitmq publisher connected, topology declared").await;
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}");
     let submitted = client
