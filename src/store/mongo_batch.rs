@@ -32,6 +32,31 @@ fn among<S: AsRef<str>>(ids: &[S], rest: &bson::Document) -> bson::Document {
     filter
 }
 
+/// How often a token-marked step is tried while the store is unavailable, and the first wait
+/// between tries (doubling).
+const TOKEN_TRIES: u32 = 4;
+const TOKEN_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// `op` (a step whose repeat is harmless), tried again while the store is unavailable; its
+/// value and how many tries it took.
+async fn same_token<T, F, Fut>(mut op: F) -> Result<(T, u32), StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let (mut wait, mut tried) = (TOKEN_RETRY_FIRST, 1);
+    loop {
+        match op().await {
+            Err(StoreError::Unavailable(error)) if tried < TOKEN_TRIES => {
+                tracing::warn!(%error, tried, "a claim's answer was lost; trying again under the same token");
+            }
+            other => return other.map(|value| (value, tried)),
+        }
+        tokio::time::sleep(wait).await;
+        (wait, tried) = (wait * 2, tried + 1);
+    }
+}
+
 impl MongoStore {
     async fn find_ids(&self, filter: bson::Document) -> Result<Vec<TaskRecord>, StoreError> {
         self.tasks().find(filter).await.map_err(classify)?.try_collect().await.map_err(classify)
@@ -103,13 +128,19 @@ impl MongoStore {
         task_ids: Vec<String>,
         lease: std::time::Duration,
     ) -> Result<Vec<TaskRecord>, StoreError> {
-        // The token tells this batch's claims from anyone else's in the read that follows.
+        // The token tells this batch's claims from anyone else's in the read that follows. An
+        // answer lost to an outage leaves unknown which claims landed: the same update is tried
+        // again under the same token, so the read finds them either way (a new token would
+        // leave them running nowhere until their lease ran out).
         let token = ObjectId::new().to_hex();
         let (expected, change) = transition_docs(doc! {}, Event::Claim, doc! {}, claim_change(lease, &token));
-        if self.update_among(&task_ids, &expected, change.guarded(claim_guard())).await? == 0 {
+        let update = change.guarded(claim_guard());
+        let (modified, tries) = same_token(|| self.update_among(&task_ids, &expected, update.clone())).await?;
+        if modified == 0 && tries == 1 {
             return Ok(Vec::new());
         }
-        self.find_among(&task_ids, doc! {"claim_token": &token}).await
+        let (claimed, _) = same_token(|| self.find_among(&task_ids, doc! {"claim_token": &token})).await?;
+        Ok(claimed)
     }
 
     pub(super) async fn finish_batch_impl(&self, finishes: Vec<Finish>) -> Vec<Result<Finished, StoreError>> {

@@ -5,8 +5,11 @@
 //! gateway by its `appName`, so other tests' gateways never see it. (Bursts during a long run and
 //! writes that never reach a majority: tests/faults/failover_faults.rs.)
 
+use std::time::Duration;
+
 use bson::{Document, doc};
 use serde_json::json;
+use worker_api_gateway::store::{MongoStore, TaskStore};
 
 use crate::{
     common::{env, unique},
@@ -22,6 +25,9 @@ fn uri_named(app_name: &str) -> String {
     format!("{base}?{query}{sep}appName={app_name}")
 }
 
+/// The server has one `failCommand` failpoint: the tests here take turns with it.
+static FAIL_POINT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn fail_point(admin: &mongodb::Database, mode: bson::Bson, data: Document) {
     admin
         .run_command(doc! {"configureFailPoint": "failCommand", "mode": mode, "data": data})
@@ -30,8 +36,8 @@ async fn fail_point(admin: &mongodb::Database, mode: bson::Bson, data: Document)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not yet seen passing: its failpoint on the shared test server is unproven beside other tests; run alone with `cargo test --test it failover:: -- --ignored` (issue 14 note)"]
 async fn a_submit_while_the_primary_steps_down_answers_503_with_retry_after() {
+    let _turn = FAIL_POINT.lock().await;
     let app_name = unique("failover");
     let options = AppOptions {
         vars: vec![("MONGODB_URI".into(), uri_named(&app_name)), ("GATEWAY_MODE".into(), "api".into())],
@@ -63,5 +69,44 @@ async fn a_submit_while_the_primary_steps_down_answers_503_with_retry_after() {
     // The primary is back: the same submit is accepted.
     let (status, accepted) = app.submit(&submit).await;
     assert_eq!(status, 200, "{accepted}");
+    app.cleanup().await;
+}
+
+/// A batch claim whose `updateMany` lands but whose answer is lost (here: a write concern that
+/// timed out, after the server applied the update) is tried again under the same token, so the
+/// claims that landed are handed over instead of sitting leased to nobody until the lease ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_claim_whose_answer_is_lost_hands_over_what_it_claimed() {
+    let _turn = FAIL_POINT.lock().await;
+    let options = AppOptions { vars: vec![("GATEWAY_MODE".into(), "api".into())], ..Default::default() };
+    let app = spawn_app_with(options).await;
+    let ids: Vec<String> = (1..=3).map(|i| format!("lost-claim-{i}")).collect();
+    for id in &ids {
+        let (status, answer) = app.submit(&body(id, "say_hello", json!({"name": "x"}))).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let app_name = unique("claimlost");
+    let named = mongodb::Client::with_uri_str(uri_named(&app_name)).await.expect("mongo client");
+    let store = MongoStore::new(named.database(&app.database));
+    let admin = mongodb::Client::with_uri_str(env("MONGODB_URI")).await.expect("mongo client").database("admin");
+
+    let lost = doc! {"code": 64, "codeName": "WriteConcernFailed", "errmsg": "waiting for replication timed out", "errInfo": {"wtimeout": true}};
+    fail_point(
+        &admin,
+        doc! {"times": 1}.into(),
+        doc! {"failCommands": ["update"], "writeConcernError": lost, "appName": &app_name},
+    )
+    .await;
+    let claimed = store.claim_batch(ids.clone(), Duration::from_secs(60)).await;
+    fail_point(&admin, "off".into(), doc! {}).await;
+
+    let mut claimed: Vec<String> =
+        claimed.expect("the lost answer is retried").into_iter().map(|t| t.task_id).collect();
+    claimed.sort();
+    assert_eq!(claimed, ids, "every landed claim is handed over");
+    for id in &ids {
+        let stored = app.status_from_store(id).await;
+        assert_eq!((stored.status.as_str(), stored.attempts), ("processing", 1), "claimed once: {stored:?}");
+    }
     app.cleanup().await;
 }
