@@ -104,6 +104,9 @@ pub struct Metrics {
     /// Messages read from the dead-letter queue and recorded, by topic (`unknown` when the
     /// message names no registered topic).
     pub dead_letters: Family<TopicLabel, Counter>,
+    /// Tasks whose message the broker lost, made to owe their publish again by the store's
+    /// re-send sweep (`resend`), by topic.
+    pub republished: Family<TopicLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -135,6 +138,7 @@ impl Metrics {
         let topic_consuming = Family::<TopicLabel, Gauge>::default();
         let consumer_restarts = Family::<TopicLabel, Counter>::default();
         let dead_letters = Family::<TopicLabel, Counter>::default();
+        let republished = Family::<TopicLabel, Counter>::default();
         registry.register("task_submits", "Accepted task submissions", submits.clone());
         registry.register("task_outcomes", "Handler attempt outcomes", outcomes.clone());
         registry.register("handler_duration_seconds", "Handler run time per attempt", handler_duration.clone());
@@ -167,6 +171,7 @@ impl Metrics {
         registry.register("topic_consuming", "1 while the topic's queue is consumed, else 0", topic_consuming.clone());
         registry.register("consumer_restarts", "Topic consumers restarted after a failure", consumer_restarts.clone());
         registry.register("dead_letters", "Dead-lettered messages recorded", dead_letters.clone());
+        registry.register("republished", "Tasks re-sent because the broker lost their message", republished.clone());
         Self {
             registry: Arc::new(registry),
             submits,
@@ -188,6 +193,7 @@ impl Metrics {
             topic_consuming,
             consumer_restarts,
             dead_letters,
+            republished,
         }
     }
 
@@ -240,6 +246,10 @@ impl Metrics {
     }
 
     /// Counts a dead letter of `topic` recorded.
+    pub fn republished(&self, topic: &str, tasks: u64) {
+        self.republished.get_or_create(&Self::topic(topic)).inc_by(tasks);
+    }
+
     pub fn dead_lettered(&self, topic: &str) {
         self.dead_letters.get_or_create(&Self::topic(topic)).inc();
     }

@@ -21,6 +21,7 @@ use std::{
 use crate::{
     broker::{Broker, QueueDepth},
     config::{ConfigError, Reader, positive},
+    metrics::Metrics,
     store::{StaleCount, StoreError, TaskStore},
 };
 
@@ -90,6 +91,7 @@ pub struct Resender {
     /// The registered topics (queues of other topics are not ours to judge).
     topics: Arc<Vec<String>>,
     settings: ResendSettings,
+    metrics: Metrics,
     state: Arc<Mutex<Looks>>,
 }
 
@@ -107,10 +109,11 @@ impl Resender {
         broker: Arc<dyn Broker>,
         topics: impl IntoIterator<Item = String>,
         settings: ResendSettings,
+        metrics: Metrics,
     ) -> Self {
         let topics = Arc::new(topics.into_iter().collect());
         let state = Arc::new(Mutex::new(Looks { next: Instant::now(), last: HashMap::new() }));
-        Self { store, broker, topics, settings, state }
+        Self { store, broker, topics, settings, metrics, state }
     }
 
     /// Called on every relay pass: when it is time, looks for what the broker lost and re-sends
@@ -180,6 +183,7 @@ impl Resender {
                 resent = marked,
                 "re-sending tasks whose messages the broker no longer holds"
             );
+            self.metrics.republished(&count.topic, marked);
             budget = budget.saturating_sub(marked);
             sent += marked;
         }

@@ -169,6 +169,7 @@ impl Application {
                 state.broker.clone(),
                 state.registry.names().map(str::to_owned),
                 settings.resend.clone(),
+                state.metrics.clone(),
             )),
         };
         let relay_task = tokio::spawn(relay.run(stop.clone()));

@@ -100,7 +100,7 @@ async fn three_replicas_one_killed_one_frozen_past_its_leases_complete_each_task
     let vars = vec![("GATEWAY_MODE".to_owned(), "api".to_owned())];
     let api = Gateway::start(&lab, "replicas", Setup { topics, vars, ..Default::default() }).await;
     let mut killed = api.start_replica("killed", "worker", Vec::new()).await;
-    let frozen = api.start_replica("frozen", "worker", Vec::new()).await;
+    let mut frozen = api.start_replica("frozen", "worker", Vec::new()).await;
 
     let (_, submits) = submit_in_background(&api.api, TOPIC, ids("replicas", n()), 8);
     wait_executions(&recorder, n() / 5, Duration::from_secs(120)).await;
@@ -134,10 +134,15 @@ async fn three_replicas_one_killed_one_frozen_past_its_leases_complete_each_task
     }
     let frozen_for = frozen_at.elapsed();
     signal(frozen.pid, "CONT").await;
+    // Resumed, its late outcomes refused, it is then redeployed: stopped with SIGTERM (a clean
+    // exit, handing back only its own work) and started again.
+    let exit = frozen.terminate(Duration::from_secs(60)).await;
+    assert!(exit.success(), "the resumed replica stops cleanly: {exit:?}");
+    frozen.restart().await;
     let submitted = submits.await.expect("the submitter does not panic");
 
     let judge = Judge {
-        scenario: "three replicas (api + 2 workers): one SIGKILLed and restarted, one SIGSTOPped past its leases",
+        scenario: "three replicas (api + 2 workers): one SIGKILLed and restarted, one SIGSTOPped past its leases, resumed, then stopped with SIGTERM and restarted",
         expect: Expect::succeeded(),
         recorder: Some(&recorder),
         camunda: None,

@@ -111,6 +111,9 @@ async fn a_healthy_backlog_is_not_published_again() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(resends(&app, &ids).await, vec![1; ids.len()]);
+    let metrics = app.get("/metrics").await.text().await.unwrap_or_default();
+    let counted = metrics.lines().find_map(|l| l.strip_prefix("gateway_republished_total{topic=\"say_hello\"} "));
+    assert_eq!(counted.and_then(|n| n.trim().parse::<u32>().ok()), Some(TASKS), "the re-sends counted:\n{metrics}");
     app.cleanup().await;
 }
 
