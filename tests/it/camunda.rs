@@ -288,6 +288,16 @@ async fn a_hundred_instances_complete_in_pull_mode_with_no_incidents() {
     let (_, stats) = app.get_json("/tasks/statistics").await;
     assert_eq!(stats["by_status"]["succeeded"], 100, "{stats}");
     assert_eq!(stats["by_worker"]["worker-api-gateway"], 100, "{stats}");
+    // Nobody sent these tasks with a trace: each pulled task begins one of its own.
+    let (_, listed) = app.get_json(&format!("/tasks?topic={topic}&limit=100")).await;
+    let traces: std::collections::HashSet<&str> = listed["tasks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["trace_id"].as_str())
+        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0'))
+        .collect();
+    assert_eq!(traces.len(), 100, "one valid trace id per pulled task: {listed}");
     app.cleanup().await;
 }
 
