@@ -14,9 +14,13 @@ mod mongo_debts;
 mod mongo_docs;
 mod mongo_errors;
 mod mongo_indexes;
+mod mongo_insert;
+mod mongo_manual;
 mod mongo_queries;
 mod mongo_retention;
 mod mongo_stale;
+mod mongo_trait;
+mod mongo_transitions;
 mod record;
 mod values;
 
