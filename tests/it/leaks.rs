@@ -9,7 +9,6 @@ mod downstream;
 
 use std::{
     path::PathBuf,
-    process::Stdio,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -21,9 +20,11 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::helpers::{body, delete_topology, env, http_topic, key_file, unique};
+use crate::{
+    binary::RealGateway,
+    helpers::{body, delete_topology, env, http_topic, key_file, unique},
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -106,44 +107,17 @@ async fn secrets_in_configured_urls_never_reach_an_answer_or_a_log_line() {
     std::fs::create_dir_all(&topics).expect("temp dir is writable");
     std::fs::write(topics.join("leaky.toml"), http_topic(&topic_url, 1, 5)).expect("write topic");
     let keys: PathBuf = key_file("");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_worker-api-gateway"))
-        .env("PORT", "0")
-        .env("HOST", "127.0.0.1")
-        .env("MONGODB_URI", env("MONGODB_URI"))
-        .env("MONGODB_DATABASE", &database)
-        .env("RABBITMQ_URL", env("RABBITMQ_URL"))
-        .env("RABBITMQ_EXCHANGE", &exchange)
-        .env("TOPICS_DIR", &topics)
+    let mut gateway = RealGateway::launch()
+        .within(WAIT)
+        .services(&database, &exchange, &topics)
         .env("API_KEYS_FILE", &keys)
         .env("CAMUNDA_URL", &camunda_url)
-        .env("LOG_FORMAT", "json")
         // Everything any crate logs, reqwest's and hyper's connection logs included.
         .env("LOG_LEVEL", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the gateway binary starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
-    let mut log: Vec<String> = Vec::new();
-    let port = loop {
-        let line = tokio::time::timeout(WAIT, lines.next_line()).await;
-        let line = line.ok().and_then(Result::ok).flatten().unwrap_or_else(|| panic!("no 'listening' line: {log:#?}"));
-        let event: Value = serde_json::from_str(&line).unwrap_or_default();
-        log.push(line);
-        if event["fields"]["message"] == "listening" {
-            break event["fields"]["port"].as_u64().expect("the port is logged");
-        }
-    };
-    // Keep reading the log while the test goes on, so the pipe never fills.
-    let reader = tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            log.push(line);
-        }
-        log
-    });
+        .start()
+        .await;
     let client = crate::helpers::keyed_client();
-    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let url = |path: &str| gateway.url(path);
     let get = |path: &'static str| {
         let (client, url) = (client.clone(), url(path));
         async move {
@@ -172,14 +146,8 @@ async fn secrets_in_configured_urls_never_reach_an_answer_or_a_log_line() {
     let (missing_code, missing_body) = get("/tasks/nope/status").await;
     let anonymous = reqwest::Client::new().get(url("/topics")).send().await.expect("answers");
     let (anonymous_code, anonymous_body) = (anonymous.status().as_u16(), anonymous.text().await.unwrap_or_default());
-    let pid = child.id().expect("the gateway is running").to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs").success());
-    let exit = tokio::time::timeout(WAIT, child.wait()).await.expect("the gateway exits").expect("wait works");
-    let log = tokio::time::timeout(WAIT, reader).await.expect("the log ends").expect("reader did not panic");
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        let _ = tokio::io::AsyncReadExt::read_to_string(&mut pipe, &mut stderr).await;
-    }
+    let exit = gateway.stop().await;
+    let (log, stderr) = (gateway.lines(), gateway.stderr().to_owned());
 
     // Assert: the places were read for real (the topic and the error are there, the calls
     // reached the engine with its credentials and token), and no secret is in any of them.

@@ -5,6 +5,7 @@ mod alerts;
 mod api;
 mod auth;
 mod bad_input;
+mod binary;
 mod bulkheads;
 mod camunda;
 mod camunda_outcomes;

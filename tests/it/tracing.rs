@@ -4,7 +4,6 @@
 
 use std::{
     path::PathBuf,
-    process::Stdio,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -12,9 +11,11 @@ use std::{
 use axum::{Router, extract::State, http::HeaderMap, routing::post};
 use futures::StreamExt;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::helpers::{body, delete_topology, env, unique};
+use crate::{
+    binary::RealGateway,
+    helpers::{body, delete_topology, env, unique},
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -92,13 +93,11 @@ async fn tap(exchange: &str, topic: &str) -> (lapin::Connection, lapin::Consumer
     (conn, consumer)
 }
 
-/// The real binary with a `traced` http topic calling the stand-in, its JSON log collected.
+/// The real binary with a `traced` http topic calling the stand-in, its JSON log kept.
 struct Gateway {
-    child: tokio::process::Child,
-    url: String,
+    process: RealGateway,
     exchange: String,
     topics: PathBuf,
-    log: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Gateway {
@@ -107,74 +106,29 @@ impl Gateway {
         let topics = tempdir();
         let topic = format!("handler = \"http\"\nurl = \"{base}/downstream\"\ntimeout_seconds = 10\n");
         std::fs::write(topics.join("traced.toml"), topic).expect("topic file");
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_worker-api-gateway"));
-        command
-            .env("PORT", "0")
-            .env("HOST", "127.0.0.1")
-            .env("MONGODB_URI", env("MONGODB_URI"))
-            .env("MONGODB_DATABASE", &database)
-            .env("RABBITMQ_URL", env("RABBITMQ_URL"))
-            .env("RABBITMQ_EXCHANGE", &exchange)
-            .env("TOPICS_DIR", &topics)
+        let mut launch = RealGateway::launch()
+            .within(WAIT)
+            .services(&database, &exchange, &topics)
             .env("AUTH_MODE", "open")
-            .env("LOG_FORMAT", "json")
             .env("LOG_LEVEL", "info,worker_api_gateway=debug")
             .env_remove("CAMUNDA_URL")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
         for (name, value) in vars {
-            command.env(name, value);
+            launch = launch.env(name, value);
         }
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the gateway binary starts");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
-        let log: Arc<Mutex<Vec<Value>>> = Arc::default();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let collected = log.clone();
-        tokio::spawn(async move {
-            let (mut ready_tx, mut port, mut connected) = (Some(ready_tx), None, false);
-            while let Ok(Some(line)) = lines.next_line().await {
-                let event: Value = serde_json::from_str(&line).unwrap_or_else(|_| json!({"raw": line}));
-                port = port.or_else(|| event["fields"]["port"].as_u64());
-                connected |= event["fields"]["message"].as_str().is_some_and(|m| m.contains("topology declared"));
-                if connected
-                    && let Some(port) = port
-                    && let Some(tx) = ready_tx.take()
-                {
-                    let _ = tx.send(port);
-                }
-                collected.lock().expect("no panics while held").push(event);
-            }
-        });
-        let port = tokio::time::timeout(WAIT, ready_rx).await.expect("the gateway starts in time").expect("log reader");
-        Self { child, url: format!("http://127.0.0.1:{port}"), exchange, topics, log }
+        let mut process = launch.start().await;
+        // Ready once the publisher has declared the exchange the test's tap binds to.
+        process.logged("rabbitmq publisher connected, topology declared").await;
+        Self { process, exchange, topics }
     }
 
-    /// SIGTERM, and waits for a clean exit (spans still queued are exported by then).
+    /// SIGTERM, and waits for a clean exit (spans still queued are exported by then); the log.
     async fn stop(mut self) -> Vec<Value> {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-        }
-        let exited = tokio::time::timeout(WAIT, self.child.wait()).await.expect("exits in time").expect("status");
+        let exited = self.process.stop().await;
         assert!(exited.success(), "{exited:?}");
         delete_topology(&self.exchange, &["traced".to_owned()]).await;
         let _ = std::fs::remove_dir_all(&self.topics);
-        self.log.lock().expect("held").clone()
-    }
-}
-
-async fn wait_until(client: &reqwest::Client, url: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let status: Value = client.get(url).send().await.expect("answers").json().await.expect("json");
-        if done(&status) {
-            return status;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never got there: {status}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.process.events()
     }
 }
 
@@ -182,13 +136,12 @@ async fn wait_until(client: &reqwest::Client, url: &str, done: impl Fn(&Value) -
 async fn a_submits_traceparent_follows_the_task_through_every_hop_and_log_line() {
     let (base, seen) = stand_in().await;
     let gateway = Gateway::start(&base, &[("CAMUNDA_URL", format!("{base}/engine-rest"))]).await;
-    let (url, exchange) = (gateway.url.clone(), gateway.exchange.clone());
-    let (_conn, mut consumer) = tap(&exchange, "traced").await;
+    let (_conn, mut consumer) = tap(&gateway.exchange, "traced").await;
 
     // Act: one submit with the caller's trace and request id.
     let client = reqwest::Client::new();
     let answer = client
-        .post(format!("{url}/tasks/submit"))
+        .post(gateway.process.url("/tasks/submit"))
         .header("traceparent", format!("00-{TRACE_ID}-00f067aa0ba902b7-01"))
         .header("x-request-id", "req-trace-1")
         .json(&body("trace-1", "traced", json!({"n": 1})))
@@ -201,22 +154,8 @@ async fn a_submits_traceparent_follows_the_task_through_every_hop_and_log_line()
     assert!(echoed.contains(TRACE_ID), "{echoed}");
 
     // The task, once reported to Camunda, names its trace.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let status = loop {
-        let status: Value = client
-            .get(format!("{url}/tasks/trace-1/status"))
-            .send()
-            .await
-            .expect("answers")
-            .json()
-            .await
-            .expect("json");
-        if status["camunda"]["report_state"] == "reported" {
-            break status;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never reported: {status}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let reported = |s: &Value| s["camunda"]["report_state"] == "reported";
+    let status = gateway.process.until(&client, "/tasks/trace-1/status", reported).await;
     assert_eq!(status["trace_id"], TRACE_ID, "{status}");
 
     // The message on the exchange carries it.
@@ -258,15 +197,14 @@ async fn with_an_otlp_endpoint_the_tasks_spans_are_exported_in_its_trace() {
     .await;
     let client = reqwest::Client::new();
     let answer = client
-        .post(format!("{}/tasks/submit", gateway.url))
+        .post(gateway.process.url("/tasks/submit"))
         .header("traceparent", format!("00-{TRACE_ID}-00f067aa0ba902b7-01"))
         .json(&body("otlp-1", "traced", json!({})))
         .send()
         .await
         .expect("answers");
     assert_eq!(answer.status().as_u16(), 200);
-    let path = format!("{}/tasks/otlp-1/status", gateway.url);
-    wait_until(&client, &path, |s| s["status"] == "succeeded").await;
+    gateway.process.until(&client, "/tasks/otlp-1/status", |s| s["status"] == "succeeded").await;
     gateway.stop().await;
 
     let exported = EXPORTS.lock().expect("held").clone();

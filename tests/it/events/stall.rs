@@ -4,7 +4,6 @@
 //! store: the change stream is the source, whoever writes.
 
 use std::{
-    process::Stdio,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -13,14 +12,16 @@ use std::{
 };
 
 use bson::doc;
-use serde_json::{Value, json};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpSocket, TcpStream},
     sync::Notify,
 };
 
-use crate::helpers::{env, unique};
+use crate::{
+    binary::RealGateway,
+    helpers::{env, unique},
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -77,20 +78,6 @@ async fn read_until(stream: &mut TcpStream, seen: &mut Vec<u8>, limit: Duration,
     tokio::time::timeout(limit, read).await.is_ok()
 }
 
-/// Reads the gateway's JSON log lines until one has the message `message`; returns it.
-async fn logged<R: tokio::io::AsyncBufRead + Unpin>(lines: &mut tokio::io::Lines<R>, message: &str) -> Value {
-    let find = async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let event: Value = serde_json::from_str(&line).unwrap_or(json!({}));
-            if event["fields"]["message"] == message {
-                return Some(event);
-            }
-        }
-        None
-    };
-    tokio::time::timeout(WAIT, find).await.ok().flatten().unwrap_or_else(|| panic!("never logged {message:?}"))
-}
-
 /// Events the gateway keeps for `Last-Event-ID` (`EVENTS_RING_SIZE`): filled once before memory is
 /// measured, since holding them is the point of the ring.
 const RING: usize = 1000;
@@ -118,24 +105,17 @@ async fn flood(tasks: &mongodb::Collection<bson::Document>, round: &str, n: usiz
 async fn a_stalled_subscriber_is_dropped_and_memory_stays_flat() {
     let (database, exchange) = (unique("it"), unique("it"));
     let topics = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("topics");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_worker-api-gateway"))
-        .envs([("PORT", "0"), ("HOST", "127.0.0.1"), ("LOG_FORMAT", "json"), ("LOG_LEVEL", "info")])
-        .envs([("ANONYMOUS_SCOPES", "submit,read"), ("EVENTS_LAG_LIMIT", "256")])
+    let mut gateway = RealGateway::launch()
+        .within(WAIT)
+        .services(&database, &exchange, &topics)
+        .env("LOG_LEVEL", "info")
+        .env("ANONYMOUS_SCOPES", "submit,read")
+        .env("EVENTS_LAG_LIMIT", "256")
         .env("EVENTS_RING_SIZE", RING.to_string())
-        .env("MONGODB_URI", env("MONGODB_URI"))
-        .env("MONGODB_DATABASE", &database)
-        .env("RABBITMQ_URL", env("RABBITMQ_URL"))
-        .env("RABBITMQ_EXCHANGE", &exchange)
-        .env("TOPICS_DIR", &topics)
         .env_remove("CAMUNDA_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the gateway binary starts");
-    let pid = child.id().expect("a pid");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
-    let port = logged(&mut lines, "listening").await["fields"]["port"].as_u64().expect("the port is logged") as u16;
+        .start()
+        .await;
+    let (pid, port) = (gateway.pid, gateway.port);
     let tasks = mongodb::Client::with_uri_str(env("MONGODB_URI"))
         .await
         .expect("a store client")
@@ -185,7 +165,7 @@ async fn a_stalled_subscriber_is_dropped_and_memory_stays_flat() {
     // its pace, the kernel's buffers could hide its progress from the gateway past the grace).
     let mut filters = Vec::new();
     while filters.len() < 2 {
-        let line = logged(&mut lines, "an event subscriber fell behind; dropped").await;
+        let line = gateway.logged("an event subscriber fell behind; dropped").await;
         let filter = line["fields"]["filter"].as_str().unwrap_or_default().to_owned();
         if filter.contains("flood") {
             caught_up.notify_one();
@@ -216,7 +196,7 @@ async fn a_stalled_subscriber_is_dropped_and_memory_stays_flat() {
     assert!(peak < baseline + 16 * 1024, "memory grew with the stalled subscribers: {baseline} → {peak} KiB");
     assert!(after < baseline + 16 * 1024, "memory did not come back: {baseline} → {after} KiB");
 
-    let _ = child.start_kill();
+    drop(gateway);
     let _ = tasks.client().database(&database).drop().await;
     crate::helpers::delete_topology(&exchange, &["say_hello".into(), "nova_publicacao".into()]).await;
 }
