@@ -58,6 +58,29 @@ where
 }
 
 impl MongoStore {
+    /// The ids of the first `limit` tasks that match `filter`, in `order`: only the ids travel
+    /// (a read that picks what a later conditional update then takes).
+    pub(super) async fn first_ids(
+        &self,
+        filter: bson::Document,
+        order: bson::Document,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let found: Vec<bson::Document> = self
+            .tasks()
+            .clone_with_type::<bson::Document>()
+            .find(filter)
+            .sort(order)
+            .limit(limit)
+            .projection(doc! {"_id": 1})
+            .await
+            .map_err(classify)?
+            .try_collect()
+            .await
+            .map_err(classify)?;
+        Ok(found.iter().filter_map(|d| d.get_str("_id").ok().map(str::to_owned)).collect())
+    }
+
     async fn find_ids(&self, filter: bson::Document) -> Result<Vec<TaskRecord>, StoreError> {
         self.tasks().find(filter).await.map_err(classify)?.try_collect().await.map_err(classify)
     }
@@ -95,21 +118,7 @@ impl MongoStore {
         // The index narrows to publishes about to fall due by the server's clock; the guard in
         // the take decides by it exactly.
         let candidates = doc! {"publish_due_at": due_by(self.server_now().await? + RANGE_SLACK)};
-        let ids: Vec<String> = self
-            .tasks()
-            .clone_with_type::<bson::Document>()
-            .find(candidates.clone())
-            .sort(doc! {"publish_due_at": 1})
-            .limit(i64::from(limit))
-            .projection(doc! {"_id": 1})
-            .await
-            .map_err(classify)?
-            .try_collect::<Vec<_>>()
-            .await
-            .map_err(classify)?
-            .iter()
-            .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))
-            .collect();
+        let ids = self.first_ids(candidates.clone(), doc! {"publish_due_at": 1}, i64::from(limit)).await?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }

@@ -123,7 +123,6 @@ impl MongoStore {
             return Ok(0);
         }
         let before = bound(self.server_now().await?, after);
-        let raw = self.tasks().clone_with_type::<Document>();
         let mut marked = 0u64;
         for (filter, oldest_first) in stale_filters(before).into_iter().zip([doc! {"created_at": 1}, doc! {}]) {
             let left = u64::from(limit).saturating_sub(marked);
@@ -135,19 +134,7 @@ impl MongoStore {
             filter.extend(not_resent_since(before));
             // Oldest first: the longest-waiting task is the likeliest to have lost its message
             // (a queue hands out its oldest first).
-            let ids: Vec<String> = raw
-                .find(filter.clone())
-                .sort(oldest_first)
-                .limit(i64::try_from(left).unwrap_or(i64::MAX))
-                .projection(doc! {"_id": 1})
-                .await
-                .map_err(classify)?
-                .try_collect::<Vec<_>>()
-                .await
-                .map_err(classify)?
-                .iter()
-                .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))
-                .collect();
+            let ids = self.first_ids(filter.clone(), oldest_first, i64::try_from(left).unwrap_or(i64::MAX)).await?;
             // The filter again in the update: a task another relay marked (or a consumer claimed)
             // since the read no longer matches, so each re-send is decided once.
             marked += self.update_among(&ids, &filter, resend_change()).await?;
