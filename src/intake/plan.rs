@@ -60,38 +60,11 @@ pub(super) fn plan(outcomes: &[Result<InsertOutcome, StoreError>], created_at: D
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{CamundaLink, TaskSource};
+    use crate::store::NewTask;
 
     fn task(id: &str, created_at: DateTime<Utc>, status: TaskStatus, attempts: u32) -> Box<TaskRecord> {
         let at = bson::DateTime::from_chrono(created_at);
-        Box::new(TaskRecord {
-            task_id: id.into(),
-            worker_id: "w".into(),
-            topic: "t".into(),
-            variables: Default::default(),
-            fingerprint: "f".into(),
-            source: TaskSource::Http,
-            status,
-            substatus: None,
-            attempts,
-            max_attempts: 3,
-            result: None,
-            error_message: None,
-            error_code: None,
-            retries: 0,
-            processing_steps: Vec::new(),
-            processing_time_ms: None,
-            created_at: at,
-            updated_at: at,
-            started_at: None,
-            completed_at: None,
-            lease_until: None,
-            next_attempt_at: None,
-            publish_due_at: None,
-            camunda: CamundaLink::not_applicable(),
-            trace_id: None,
-            audit: Vec::new(),
-        })
+        Box::new(TaskRecord { status, attempts, ..NewTask::sample(id).into_record(at) })
     }
 
     fn ids(tasks: &[TaskRecord]) -> Vec<&str> {

@@ -10,7 +10,7 @@ use mongodb::error::ErrorKind;
 use super::{
     InsertOutcome, NewTask, StoreError, TaskRecord, TaskStore,
     mongo::{MongoStore, classify, is_duplicate_key},
-    mongo_docs::{bdate, new_record},
+    mongo_docs::bdate,
 };
 use crate::domain::TaskStatus;
 
@@ -38,12 +38,12 @@ impl MongoStore {
     }
 
     pub(super) async fn insert_impl(&self, task: NewTask) -> Result<InsertOutcome, StoreError> {
-        self.insert_record(new_record(task, bdate(self.clock().now()))).await
+        self.insert_record(task.into_record(bdate(self.clock().now()))).await
     }
 
     pub(super) async fn insert_refused_impl(&self, task: NewTask, reason: &str) -> Result<InsertOutcome, StoreError> {
         let now = bdate(self.clock().now());
-        let mut record = new_record(task, now);
+        let mut record = task.into_record(now);
         record.status = TaskStatus::Failed;
         record.error_message = Some(reason.to_owned());
         record.error_code = Some("validation".to_owned());
@@ -60,7 +60,7 @@ impl MongoStore {
         created_at: DateTime<Utc>,
     ) -> Vec<Result<InsertOutcome, StoreError>> {
         let now = bdate(created_at);
-        let records: Vec<TaskRecord> = tasks.into_iter().map(|t| new_record(t, now)).collect();
+        let records: Vec<TaskRecord> = tasks.into_iter().map(|t| t.into_record(now)).collect();
         // Unordered: one duplicate does not stop the others; each failure comes back with its index.
         let failed: HashMap<usize, (i32, String)> = match self.tasks().insert_many(&records).ordered(false).await {
             Ok(_) => HashMap::new(),

@@ -1,6 +1,6 @@
 //! The store's value types: what callers hand the [`TaskStore`](super::TaskStore) and what it
-//! answers (outcomes, counts, queries, errors). Plain data with no behaviour of their own; the
-//! stored task itself is in `record`.
+//! answers (outcomes, counts, queries, errors). Plain data with no behaviour of their own beyond
+//! what a new task becomes when stored; the stored task itself is in `record`.
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
@@ -40,10 +40,36 @@ pub struct NewTask {
     pub camunda: CamundaLink,
     /// How long after it is stored the relay may publish it if the submitter's own publish has
     /// not been confirmed by then (the store turns it into a time on its own clock). `None` when
-    /// a publish debt (see [`TaskStore::owe_publishes`]) written before the task stands for it.
+    /// a publish debt (see [`TaskStore::owe_publishes`](super::TaskStore::owe_publishes)) written before the task stands for it.
     pub publish_after: Option<std::time::Duration>,
     /// The trace it belongs to (see `trace`), stored so every later hop joins it.
     pub trace_id: Option<String>,
+}
+
+impl NewTask {
+    /// The record the store writes for it, stored at `now`: queued, no attempt yet, its publish
+    /// owed from `now` + `publish_after` (or by a publish debt). One constructor for the store's
+    /// inserts and for whoever needs a record exactly as the store would write it.
+    pub fn into_record(self, now: bson::DateTime) -> TaskRecord {
+        super::mongo_docs::new_record(self, now)
+    }
+
+    /// A new `t` task from worker `w` with no variables, nothing owed to Camunda: for unit tests
+    /// that need a record in some state.
+    #[cfg(test)]
+    pub(crate) fn sample(task_id: &str) -> Self {
+        let body = serde_json::json!({"task_id": task_id, "worker_id": "w", "topic": "t"});
+        let submission = Submission::parse(&body, &crate::domain::Limits::default())
+            .expect("a sample submission is valid: the test chose its id");
+        Self {
+            submission,
+            max_attempts: 3,
+            source: TaskSource::Http,
+            camunda: CamundaLink::not_applicable(),
+            publish_after: None,
+            trace_id: None,
+        }
+    }
 }
 
 /// How an attempt ended.

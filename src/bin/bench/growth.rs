@@ -13,7 +13,7 @@ use futures::{StreamExt, TryStreamExt};
 use mongodb::{Collection, IndexModel};
 use worker_api_gateway::{
     domain::{Limits, Submission, TaskStatus},
-    store::{CamundaLink, MongoStore, TaskRecord, TaskSource},
+    store::{CamundaLink, MongoStore, NewTask, TaskRecord, TaskSource},
 };
 
 use crate::{
@@ -30,33 +30,20 @@ pub fn task_document(id: &str, status: TaskStatus, topic: &str, worker: &str) ->
         .map_err(|errors| anyhow::anyhow!("bench submission refused: {errors:?}"))?;
     let now = bson::DateTime::now();
     let finished = matches!(status, TaskStatus::Succeeded | TaskStatus::Failed);
-    let record = TaskRecord {
-        task_id: id.to_owned(),
-        worker_id: worker.to_owned(),
-        topic: topic.to_owned(),
-        fingerprint: submission.fingerprint(),
-        variables: submission.variables,
-        source: TaskSource::Http,
-        status,
-        substatus: None,
-        attempts: u32::from(finished),
+    let new = NewTask {
+        submission,
         max_attempts: 3,
-        result: None,
-        error_message: None,
-        error_code: None,
-        retries: 0,
-        processing_steps: Vec::new(),
-        processing_time_ms: finished.then_some(12),
-        created_at: now,
-        updated_at: now,
-        started_at: None,
-        completed_at: finished.then_some(now),
-        lease_until: None,
-        next_attempt_at: None,
-        publish_due_at: None,
+        source: TaskSource::Http,
         camunda: CamundaLink::not_applicable(),
+        publish_after: None,
         trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
-        audit: Vec::new(),
+    };
+    let record = TaskRecord {
+        status,
+        attempts: u32::from(finished),
+        processing_time_ms: finished.then_some(12),
+        completed_at: finished.then_some(now),
+        ..new.into_record(now)
     };
     bson::to_document(&record).context("serializing a task record")
 }
