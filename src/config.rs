@@ -6,8 +6,12 @@ use std::{collections::HashMap, fmt, net::IpAddr, path::PathBuf, str::FromStr, t
 
 use crate::domain::{Limits, StatusLabels};
 
+mod otlp;
+mod peers;
 mod redact;
 
+pub use otlp::OtlpSettings;
+pub use peers::{CamundaSettings, MongoSettings, RabbitSettings};
 pub use redact::redact_uri;
 
 /// A value that must never reach a log line (a password, or a URI that may hold one).
@@ -60,75 +64,6 @@ impl Mode {
 pub enum LogFormat {
     Json,
     Pretty,
-}
-
-/// Span export over OTLP/HTTP (`telemetry`), on when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
-#[derive(Debug, Clone)]
-pub struct OtlpSettings {
-    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: the collector's base URL (`http://host:4318`); spans go to
-    /// its `/v1/traces`. Plain HTTP: a collector next to the gateway (a sidecar, the node's agent).
-    pub endpoint: String,
-    /// `OTEL_EXPORTER_OTLP_PROTOCOL` (http/protobuf): http/protobuf | http/json.
-    pub json: bool,
-    /// `OTEL_SERVICE_NAME` (worker-api-gateway): the service the spans belong to.
-    pub service_name: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct MongoSettings {
-    /// `MONGODB_URI` (mongodb://localhost:27017); may hold credentials.
-    pub uri: Secret,
-    /// `MONGODB_DATABASE` (worker_gateway).
-    pub database: String,
-    /// `MONGODB_TIMEOUT_MS` (5000): server selection and connect timeout, so a submit answers 503
-    /// quickly when MongoDB is unreachable.
-    pub timeout: Duration,
-    /// `MONGODB_MAX_POOL_SIZE` (10): connections per process.
-    pub max_pool_size: u32,
-    /// `MONGODB_WRITE_TIMEOUT_MS` (10000): how long a write waits for a majority (`wtimeout`);
-    /// past it the write is "unavailable" (503, retried inside) instead of hanging.
-    pub write_timeout: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct RabbitSettings {
-    /// `RABBITMQ_URL` (amqp://guest:guest@localhost:5672/%2f); may hold credentials.
-    pub url: Secret,
-    /// `RABBITMQ_EXCHANGE` (worker_gateway): the topic exchange; queue names derive from it.
-    pub exchange: String,
-    /// `RABBITMQ_DELIVERY_LIMIT` (10): quorum-queue deliveries before a message is dead-lettered.
-    pub delivery_limit: u32,
-    /// `RABBITMQ_CONSUME_TIMEOUT_MS`, `RABBITMQ_CONSUMER_RETRY_*_MS`, `DEAD_LETTER_RETENTION_DAYS`:
-    /// how a topic whose queue cannot be consumed is retried, and how long dead letters are kept.
-    pub consumers: crate::broker::ConsumerPolicy,
-}
-
-/// `Debug` shows the URL redacted (it may carry a password or a `?token=`).
-#[derive(Clone)]
-pub struct CamundaSettings {
-    /// `CAMUNDA_URL`: the engine's REST base, e.g. http://localhost:8080/engine-rest; may hold
-    /// credentials (user info) or a token in its query, which every call then carries.
-    pub url: String,
-    /// `CAMUNDA_USERNAME` (unset): basic auth user.
-    pub username: Option<String>,
-    /// `CAMUNDA_PASSWORD` (unset): basic auth password.
-    pub password: Option<Secret>,
-    /// `CAMUNDA_WORKER_ID` (worker-api-gateway): worker id for pull mode.
-    pub worker_id: String,
-    /// `CAMUNDA_REPORT_*`: how owed reports are re-sent and when they are given up.
-    pub report: crate::camunda::ReportPolicy,
-}
-
-impl fmt::Debug for CamundaSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CamundaSettings")
-            .field("url", &redact_uri(&self.url))
-            .field("username", &self.username)
-            .field("password", &self.password)
-            .field("worker_id", &self.worker_id)
-            .field("report", &self.report)
-            .finish()
-    }
 }
 
 /// What `POST /tasks/submit` does with a submission that fails validation (`INVALID_SUBMISSIONS`).
@@ -232,19 +167,7 @@ impl Settings {
     pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
         let r = Reader(vars);
         let debug = r.parse_or("DEBUG", false, parse_bool)?;
-        let camunda = match r.get("CAMUNDA_URL") {
-            None => None,
-            Some(url) => {
-                url::Url::parse(url).map_err(|e| ConfigError { var: "CAMUNDA_URL", message: e.to_string() })?;
-                Some(CamundaSettings {
-                    url: url.trim_end_matches('/').to_owned(),
-                    username: r.get("CAMUNDA_USERNAME").map(str::to_owned),
-                    password: r.get("CAMUNDA_PASSWORD").map(Secret::new),
-                    worker_id: r.get("CAMUNDA_WORKER_ID").unwrap_or("worker-api-gateway").to_owned(),
-                    report: crate::camunda::ReportPolicy::from_vars(vars)?,
-                })
-            }
-        };
+        let camunda = CamundaSettings::from_vars(vars)?;
         let settings = Settings {
             host: r.parse_or("HOST", IpAddr::from([0, 0, 0, 0]), |s| s.parse().ok())?,
             port: r.parse_or("PORT", 8000, |s| s.parse().ok())?,
@@ -261,42 +184,9 @@ impl Settings {
                 "pretty" => Some(LogFormat::Pretty),
                 _ => None,
             })?,
-            otlp: match r.get("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|s| !s.is_empty()) {
-                None => None,
-                Some(_) => Some(OtlpSettings {
-                    endpoint: r.parse_or("OTEL_EXPORTER_OTLP_ENDPOINT", String::new(), |s| {
-                        let url = url::Url::parse(s).ok()?;
-                        (url.scheme() == "http").then(|| s.trim_end_matches('/').to_owned())
-                    })?,
-                    json: r.parse_or("OTEL_EXPORTER_OTLP_PROTOCOL", false, |s| match s {
-                        "http/protobuf" => Some(false),
-                        "http/json" => Some(true),
-                        _ => None,
-                    })?,
-                    service_name: r.get("OTEL_SERVICE_NAME").unwrap_or("worker-api-gateway").to_owned(),
-                }),
-            },
-            mongodb: MongoSettings {
-                uri: Secret::new(r.get("MONGODB_URI").unwrap_or("mongodb://localhost:27017")),
-                database: r.parse_or("MONGODB_DATABASE", "worker_gateway".to_owned(), |s| {
-                    let ok = !s.is_empty() && s.len() <= 63 && !s.contains(['/', '\\', '.', ' ', '"', '$', '\0']);
-                    ok.then(|| s.to_owned())
-                })?,
-                timeout: Duration::from_millis(r.parse_or("MONGODB_TIMEOUT_MS", 5000, positive)?),
-                max_pool_size: r.parse_or("MONGODB_MAX_POOL_SIZE", 10, |s| s.parse().ok().filter(|n| *n > 0))?,
-                write_timeout: Duration::from_millis(r.parse_or("MONGODB_WRITE_TIMEOUT_MS", 10_000, positive)?),
-            },
-            rabbitmq: RabbitSettings {
-                url: Secret::new(r.get("RABBITMQ_URL").unwrap_or("amqp://guest:guest@localhost:5672/%2f")),
-                exchange: r.parse_or("RABBITMQ_EXCHANGE", "worker_gateway".to_owned(), |s| {
-                    let ok = !s.is_empty()
-                        && s.len() <= 100
-                        && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
-                    ok.then(|| s.to_owned())
-                })?,
-                delivery_limit: r.parse_or("RABBITMQ_DELIVERY_LIMIT", 10, |s| s.parse().ok().filter(|n| *n > 0))?,
-                consumers: crate::broker::ConsumerPolicy::from_vars(vars)?,
-            },
+            otlp: OtlpSettings::from_vars(vars)?,
+            mongodb: MongoSettings::from_vars(vars)?,
+            rabbitmq: RabbitSettings::from_vars(vars)?,
             task_timeout: Duration::from_secs(r.parse_or("TASK_TIMEOUT", 300, positive)?),
             task_retry_limit: r.parse_or("TASK_RETRY_LIMIT", 3, |s| s.parse().ok().filter(|n| *n > 0))?,
             topics_dir: PathBuf::from(r.get("TOPICS_DIR").unwrap_or("./topics")),
