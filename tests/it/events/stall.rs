@@ -160,18 +160,22 @@ async fn a_stalled_subscriber_is_dropped_and_memory_stays_flat() {
         }
     });
     let (sampling, sampler) = peak_rss(pid);
-    flood(&tasks, "flood", FLOOD).await;
-    // The slow reader is told to read the rest as soon as it is dropped (were it to go on at
-    // its pace, the kernel's buffers could hide its progress from the gateway past the grace).
-    let mut filters = Vec::new();
-    while filters.len() < 2 {
-        let line = gateway.logged("an event subscriber fell behind; dropped").await;
-        let filter = line["fields"]["filter"].as_str().unwrap_or_default().to_owned();
-        if filter.contains("flood") {
-            caught_up.notify_one();
+    // The slow reader is told to read the rest as soon as it is dropped, while the flood still
+    // runs (were it to go on at its pace, the kernel's buffers could hide its progress from the
+    // gateway past the grace, and it would be closed before reaching its `lagged`).
+    let watch_drops = async {
+        let mut filters = Vec::new();
+        while filters.len() < 2 {
+            let line = gateway.logged("an event subscriber fell behind; dropped").await;
+            let filter = line["fields"]["filter"].as_str().unwrap_or_default().to_owned();
+            if filter.contains("flood") {
+                caught_up.notify_one();
+            }
+            filters.push(filter);
         }
-        filters.push(filter);
-    }
+        filters
+    };
+    let ((), filters) = tokio::join!(flood(&tasks, "flood", FLOOD), watch_drops);
     assert_eq!(filters.iter().filter(|f| f.contains("flood")).count(), 1, "one drop each: {filters:?}");
 
     // The slow reader gets `lagged` and the end of the response.
