@@ -13,7 +13,7 @@ use super::{
     AttemptOutcome, DeadLetter, DeadLetterQuery, Finish, Finished, InsertOutcome, ListQuery, NewTask, ReportCounts,
     ReportOutcome, StaleCount, Statistics, StoreError, TaskRecord, TaskSource, TaskStore, TopicScope, TransitionError,
     mongo::{MongoStore, classify},
-    mongo_docs::bdate,
+    mongo_docs::{bdate, finish_docs},
 };
 use crate::topics::ProcessingStep;
 
@@ -115,7 +115,8 @@ impl TaskStore for MongoStore {
         steps: Vec<ProcessingStep>,
         outcome: AttemptOutcome,
     ) -> Result<Option<TaskRecord>, StoreError> {
-        self.finish_impl(task_id, attempt, elapsed_ms, steps, outcome).await
+        let (event, filter, change) = finish_docs(attempt, elapsed_ms, steps, outcome)?;
+        self.transition(task_id, event, filter, change).await
     }
 
     async fn expire_leases(&self) -> Result<u64, StoreError> {

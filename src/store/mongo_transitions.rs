@@ -1,7 +1,8 @@
-//! An attempt's transitions in [`MongoStore`], one task at a time: claim, progress, finish,
-//! release at shutdown and the take-back of expired leases. Each is one `findOneAndUpdate` or
-//! `updateOne` whose filter holds the state it expects; a guarded one also decides by the server's
-//! clock inside the write (see `mongo_change`) and tells its own change by a token.
+//! An attempt's transitions in [`MongoStore`], one task at a time: claim, progress, release at
+//! shutdown and the take-back of expired leases (an attempt's end is `finish_docs` applied by
+//! `transition`, in `mongo_trait`). Each is one `findOneAndUpdate` or `updateOne` whose filter
+//! holds the state it expects; a guarded one also decides by the server's clock inside the write
+//! (see `mongo_change`) and tells its own change by a token.
 
 use std::time::Duration;
 
@@ -10,11 +11,11 @@ use futures::TryStreamExt;
 use mongodb::options::ReturnDocument;
 
 use super::{
-    AttemptOutcome, StoreError, TaskRecord,
+    StoreError, TaskRecord,
     clock::RANGE_SLACK,
     mongo::{MongoStore, classify},
     mongo_change::{Change, due},
-    mongo_docs::{MAX_STEPS, bdate, claim_change, claim_guard, finish_docs, transition_docs},
+    mongo_docs::{MAX_STEPS, bdate, claim_change, claim_guard, transition_docs},
 };
 use crate::{domain::Event, topics::ProcessingStep};
 
@@ -113,18 +114,6 @@ impl MongoStore {
             .await
             .map_err(classify)?;
         Ok(())
-    }
-
-    pub(super) async fn finish_impl(
-        &self,
-        task_id: &str,
-        attempt: u32,
-        elapsed_ms: i64,
-        steps: Vec<ProcessingStep>,
-        outcome: AttemptOutcome,
-    ) -> Result<Option<TaskRecord>, StoreError> {
-        let (event, filter, change) = finish_docs(attempt, elapsed_ms, steps, outcome)?;
-        self.transition(task_id, event, filter, change).await
     }
 
     pub(super) async fn expire_leases_impl(&self) -> Result<u64, StoreError> {
