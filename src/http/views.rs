@@ -189,35 +189,8 @@ mod tests {
     use crate::store::CamundaLink;
 
     fn task(status: TaskStatus, camunda: CamundaLink) -> TaskRecord {
-        let now = bson::DateTime::now();
-        TaskRecord {
-            task_id: "t".into(),
-            worker_id: "w".into(),
-            topic: "say_hello".into(),
-            variables: Map::new(),
-            fingerprint: String::new(),
-            source: crate::store::TaskSource::Http,
-            status,
-            substatus: None,
-            attempts: 1,
-            max_attempts: 3,
-            result: None,
-            error_message: None,
-            error_code: None,
-            retries: 0,
-            processing_steps: Vec::new(),
-            processing_time_ms: None,
-            created_at: now,
-            updated_at: now,
-            started_at: None,
-            completed_at: None,
-            lease_until: None,
-            next_attempt_at: None,
-            publish_due_at: None,
-            camunda,
-            trace_id: None,
-            audit: Vec::new(),
-        }
+        let record = crate::store::NewTask::sample("t").into_record(bson::DateTime::now());
+        TaskRecord { status, attempts: 1, camunda, ..record }
     }
 
     #[test]
