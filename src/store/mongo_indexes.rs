@@ -18,7 +18,10 @@ use crate::store::MongoStore;
 
 /// Indexes of `tasks` created by earlier versions and since replaced (by a partial index under a
 /// new name: an index's options cannot be changed in place).
-const OBSOLETE: [&str; 3] = ["publish_due", "lease", "source_status"];
+const OBSOLETE: [&str; 4] = ["publish_due", "lease", "source_status", "report_due"];
+
+/// The report states `report_owed` holds, as a range of their stored names (see below).
+const OWED_RANGE: (&str, &str) = ("pending", "report_failed");
 
 fn index(keys: Document, name: &str) -> IndexModel {
     IndexModel::builder().keys(keys).options(IndexOptions::builder().name(name.to_owned()).build()).build()
@@ -52,8 +55,16 @@ pub fn task_indexes() -> Vec<IndexModel> {
         ),
         // Expired leases: only running tasks hold one.
         partial(doc! {"status": 1, "lease_until": 1}, "lease_processing", doc! {"status": "processing"}),
-        // Owed reports (due, counted), given-up reports (counted): every query names the state.
-        index(doc! {"camunda.report_state": 1, "camunda.report_due_at": 1}, "report_due"),
+        // Owed reports (due, counted), given-up reports (counted): every query names one of the
+        // two states by equality, which implies this range. It holds exactly those two of the
+        // report states ("pending" ≤ s ≤ "report_failed" by byte order; "reported",
+        // "not_applicable" and "completed_elsewhere" fall outside), so the tasks with no
+        // Camunda link and the reported ones — nearly all of a large store — have no entry.
+        partial(
+            doc! {"camunda.report_state": 1, "camunda.report_due_at": 1},
+            "report_owed",
+            doc! {"camunda.report_state": {"$gte": OWED_RANGE.0, "$lte": OWED_RANGE.1}},
+        ),
         // Pull mode: unfinished pulled tasks (capacity), the unstarted ones of a replica, their
         // Camunda locks. Push topics never carry `source: camunda`.
         partial(doc! {"source": 1, "status": 1}, "pulled", doc! {"source": "camunda"}),
@@ -95,5 +106,32 @@ impl MongoStore {
         let mut names: Vec<String> = self.tasks().list_index_names().await.map_err(classify)?;
         names.retain(|n| n != "_id_");
         Ok(names)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ReportState;
+
+    #[test]
+    fn the_owed_range_holds_the_two_states_the_report_queries_name_and_no_other() {
+        let all = [
+            ReportState::NotApplicable,
+            ReportState::Pending,
+            ReportState::Reported,
+            ReportState::CompletedElsewhere,
+            ReportState::ReportFailed,
+        ];
+        for state in all {
+            // Exhaustive: a new state has to be placed in or out of the index here.
+            let owed = match state {
+                ReportState::Pending | ReportState::ReportFailed => true,
+                ReportState::NotApplicable | ReportState::Reported | ReportState::CompletedElsewhere => false,
+            };
+            let stored = bson::to_bson(&state).expect("a state serializes");
+            let name = stored.as_str().expect("stored as a string");
+            assert_eq!((OWED_RANGE.0..=OWED_RANGE.1).contains(&name), owed, "{name}");
+        }
     }
 }

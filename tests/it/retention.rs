@@ -119,12 +119,16 @@ async fn expire_and_keep(app: &TestApp) {
 #[tokio::test]
 async fn the_store_keeps_only_the_indexes_its_queries_use() {
     let app = spawn_app_with(AppOptions::default()).await;
-    // An older version's indexes: dropped at the next start-up.
-    let old = mongodb::IndexModel::builder()
-        .keys(doc! {"source": 1, "status": 1})
-        .options(mongodb::options::IndexOptions::builder().name("source_status".to_owned()).build())
-        .build();
-    app.mongo.collection::<Document>("tasks").create_index(old).await.expect("create an old index");
+    // Older versions' indexes: dropped at the next start-up.
+    let old = |keys: Document, name: &str| {
+        let options = mongodb::options::IndexOptions::builder().name(name.to_owned()).build();
+        mongodb::IndexModel::builder().keys(keys).options(options).build()
+    };
+    let olds = [
+        old(doc! {"source": 1, "status": 1}, "source_status"),
+        old(doc! {"camunda.report_state": 1, "camunda.report_due_at": 1}, "report_due"),
+    ];
+    app.mongo.collection::<Document>("tasks").create_indexes(olds).await.expect("create old indexes");
     let store = worker_api_gateway::store::MongoStore::new(app.mongo.clone());
     store.ensure_indexes().await.expect("indexes");
     let mut names = store.task_index_names().await.expect("index names");
@@ -134,7 +138,7 @@ async fn the_store_keeps_only_the_indexes_its_queries_use() {
         "lease_processing",
         "publish_owed",
         "pulled",
-        "report_due",
+        "report_owed",
         "status_created",
         "task_expiry",
         "topic_created",
