@@ -157,6 +157,9 @@ impl Application {
             ))),
             metrics: state.metrics.clone(),
         };
+        if settings.mode.serves_api() {
+            state.statistics.warm();
+        }
         let broker_task = tokio::spawn(broker.run(consumers, stop.clone(), settings.shutdown_grace));
         let relay = Relay {
             store: state.store.clone(),
