@@ -257,6 +257,11 @@ pub(crate) fn positive(s: &str) -> Option<u64> {
     u64::from_str(s).ok().filter(|n| *n > 0)
 }
 
+/// A positive number of milliseconds, as a duration (the `*_MS` settings).
+pub(crate) fn positive_millis(s: &str) -> Option<std::time::Duration> {
+    positive(s).map(std::time::Duration::from_millis)
+}
+
 pub(crate) fn positive_usize(s: &str) -> Option<usize> {
     usize::from_str(s).ok().filter(|n| *n > 0)
 }

@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use crate::config::{ConfigError, Reader};
+use crate::config::{ConfigError, Reader, positive_millis};
 
 /// Consumer supervision and dead-letter retention settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -39,10 +39,9 @@ impl ConsumerPolicy {
     pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
         let r = Reader(vars);
         let d = Self::default();
-        let millis = |s: &str| s.parse::<u64>().ok().filter(|n| *n > 0).map(Duration::from_millis);
-        let consume_timeout = r.parse_or("RABBITMQ_CONSUME_TIMEOUT_MS", d.consume_timeout, millis)?;
-        let retry_min = r.parse_or("RABBITMQ_CONSUMER_RETRY_MIN_MS", d.retry_min, millis)?;
-        let retry_max = r.parse_or("RABBITMQ_CONSUMER_RETRY_MAX_MS", d.retry_max, millis)?;
+        let consume_timeout = r.parse_or("RABBITMQ_CONSUME_TIMEOUT_MS", d.consume_timeout, positive_millis)?;
+        let retry_min = r.parse_or("RABBITMQ_CONSUMER_RETRY_MIN_MS", d.retry_min, positive_millis)?;
+        let retry_max = r.parse_or("RABBITMQ_CONSUMER_RETRY_MAX_MS", d.retry_max, positive_millis)?;
         if retry_max < retry_min {
             return Err(ConfigError {
                 var: "RABBITMQ_CONSUMER_RETRY_MAX_MS",

@@ -8,7 +8,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use crate::{
-    config::{ConfigError, Reader},
+    config::{ConfigError, Reader, positive_millis},
     store::ReportOutcome,
 };
 
@@ -40,9 +40,8 @@ impl ReportPolicy {
     pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
         let r = Reader(vars);
         let d = Self::default();
-        let millis = |s: &str| s.parse::<u64>().ok().filter(|n| *n > 0).map(Duration::from_millis);
-        let backoff_initial = r.parse_or("CAMUNDA_REPORT_BACKOFF_INITIAL_MS", d.backoff_initial, millis)?;
-        let backoff_max = r.parse_or("CAMUNDA_REPORT_BACKOFF_MAX_MS", d.backoff_max, millis)?;
+        let backoff_initial = r.parse_or("CAMUNDA_REPORT_BACKOFF_INITIAL_MS", d.backoff_initial, positive_millis)?;
+        let backoff_max = r.parse_or("CAMUNDA_REPORT_BACKOFF_MAX_MS", d.backoff_max, positive_millis)?;
         if backoff_max < backoff_initial {
             return Err(ConfigError {
                 var: "CAMUNDA_REPORT_BACKOFF_MAX_MS",
