@@ -48,7 +48,7 @@ where
     loop {
         match op().await {
             Err(StoreError::Unavailable(error)) if tried < TOKEN_TRIES => {
-                tracing::warn!(%error, tried, "a claim's answer was lost; trying again under the same token");
+                tracing::warn!(%error, tried, "the store did not answer a step of a batch claim; trying it again under the same token");
             }
             other => return other.map(|value| (value, tried)),
         }
