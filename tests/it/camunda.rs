@@ -206,13 +206,15 @@ async fn pull_mode_extends_the_lock_of_a_handler_running_three_times_longer() {
     let engine = Engine::new();
     let topic = topic_name("slow");
     let d = engine.deploy("say_hello", &topic).await;
-    let down = downstream_with(vec![200], Duration::from_secs(6), None).await;
-    let file = http_topic(&down.url, "source = \"camunda\"\nlock_duration_seconds = 2\nconcurrency = 2", 1, 100);
+    // A 4 s lock is looked at every 500 ms and extended with 2 s left: room for a loaded runner's
+    // slow store or engine (with 2 s it lapsed once in a full CI run). The handler takes 12 s.
+    let down = downstream_with(vec![200], Duration::from_secs(12), None).await;
+    let file = http_topic(&down.url, "source = \"camunda\"\nlock_duration_seconds = 4\nconcurrency = 2", 1, 100);
     let app = gateway(&engine, &topic, file, true).await;
     let pid = engine.start(&d.key, json!({"n": 1})).await;
 
     // While the handler runs, another worker keeps asking for the task: the lock never lapses.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(12);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(24);
     while engine.instance_state(&pid).await == "ACTIVE" {
         assert!(engine.fetch_now("thief", &d.topic).await.is_empty(), "the lock lapsed while the handler ran");
         assert!(tokio::time::Instant::now() < deadline, "the instance did not complete");

@@ -253,8 +253,13 @@ async fn an_api_gateway_and_a_worker_only_gateway_split_the_work() {
     api.submit(&body("split-1", "say_hello", json!({"name": "Split"}))).await;
     let task = api.wait_status("split-1", "succeeded", WAIT).await;
     assert_eq!(task["result"]["greeting"], "Hello, Split!");
-    let metrics = worker.get("/metrics").await.text().await.unwrap_or_default();
-    assert!(metrics.contains(r#"gateway_task_outcomes_total{topic="say_hello",outcome="succeeded"} 1"#), "{metrics}");
+    // The worker counts the outcome once its finish is written, so the API may show the task
+    // succeeded a moment before the worker's counter does.
+    let counted = r#"gateway_task_outcomes_total{topic="say_hello",outcome="succeeded"} 1"#;
+    crate::helpers::eventually("the worker counting the outcome", Duration::from_secs(10), || async {
+        worker.get("/metrics").await.text().await.unwrap_or_default().contains(counted)
+    })
+    .await;
     worker.cleanup().await;
     let mut api = api;
     api.stop().await;
